@@ -9,7 +9,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.pool import NullPool
 
 from app.core.config import Settings
 
@@ -34,8 +40,14 @@ def engine_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def create_engine(settings: Settings, **overrides: Any) -> AsyncEngine:
-    return create_async_engine(settings.database_url, **(engine_options(settings) | overrides))
+def create_engine(settings: Settings, *, pooled: bool = True) -> AsyncEngine:
+    """`pooled=False` for processes that run each job in its own event loop (the worker):
+    pooled connections belong to the loop that opened them."""
+    options = engine_options(settings)
+    if not pooled:
+        options.pop("pool_timeout", None)
+        options["poolclass"] = NullPool
+    return create_async_engine(settings.database_url, **options)
 
 
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -90,3 +90,9 @@ class StorageUnavailable(ServiceUnavailable):
 class QueueUnavailable(ServiceUnavailable):
     code = "queue_unavailable"
     default_message = "The task queue is unavailable; try again later."
+
+
+class RequestInvalid(AppError):
+    status_code = 422
+    code = "validation_error"
+    default_message = "The request is invalid."

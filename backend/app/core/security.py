@@ -8,7 +8,7 @@ import hashlib
 import hmac
 import secrets
 
-TOKEN_PREFIX = "rst_"
+TOKEN_PREFIX = "rst_"  # noqa: S105 - a recognisable prefix, not a secret
 
 
 def generate_token() -> str:
