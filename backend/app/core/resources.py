@@ -50,23 +50,23 @@ class Resources:
     task_queue: TaskQueue
     broker: BrokerProbe
     comfyui: HealthProbe
+    # Run at shutdown, in order; what a factory did not open, it does not list.
     closers: tuple[Callable[[], Awaitable[None]], ...] = ()
 
     async def aclose(self) -> None:
         for close in self.closers:
             await close()
-        await self.engine.dispose()
 
 
 ResourcesFactory = Callable[[Settings], Awaitable[Resources]]
 
 
 async def build_resources(settings: Settings) -> Resources:
-    from app.services.comfyui import ComfyUIClient
+    from app.services.comfyui import ComfyUIService
 
     engine = create_engine(settings)
     broker = RedisBrokerProbe(settings)
-    comfyui = ComfyUIClient.from_settings(settings)
+    comfyui = ComfyUIService.from_settings(settings)
     return Resources(
         settings=settings,
         engine=engine,
@@ -75,5 +75,5 @@ async def build_resources(settings: Settings) -> Resources:
         task_queue=CeleryTaskQueue(create_celery_app(settings), queue=settings.celery_queue),
         broker=broker,
         comfyui=comfyui,
-        closers=(broker.aclose, comfyui.aclose),
+        closers=(broker.aclose, comfyui.aclose, engine.dispose),
     )
