@@ -29,7 +29,7 @@ class UTCDateTime(TypeDecorator[datetime]):
             raise ValueError("naive datetime; use datetime.now(UTC)")
         return value.astimezone(UTC) if value is not None else None
 
-    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
