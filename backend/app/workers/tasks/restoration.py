@@ -44,6 +44,21 @@ class Result(StrEnum):
     RETRY = "retry"
 
 
+class JobDatabaseError(Exception):
+    """The database failed during a run; the task retries it.
+
+    `attempt` is the attempt whose lease the run holds (the one it claimed, else the one it was
+    handed), so the retry can take the job back at once instead of waiting for the lease to expire.
+    """
+
+    def __init__(self, message: str, attempt: int | None) -> None:
+        super().__init__(message, attempt)
+        self.attempt = attempt
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 @dataclass(frozen=True)
 class Outcome:
     result: Result
@@ -120,19 +135,29 @@ async def _finish(
 async def process_job(
     ctx: WorkerContext, job_id: uuid.UUID, *, held_attempt: int | None = None
 ) -> Outcome:
-    """One attempt at one job. Database errors propagate: the task retries them."""
+    """One attempt at one job. Database errors propagate as `JobDatabaseError`: the task retries them."""
     settings = ctx.settings
-    async with session_scope(ctx.session_factory) as session:
-        job = await RestorationJobRepository(session).claim(
-            job_id,
-            lease_expired_before=utcnow() - timedelta(seconds=settings.task_lease_seconds),
-            held_attempt=held_attempt,
-        )
-        await session.commit()
+    try:
+        async with session_scope(ctx.session_factory) as session:
+            job = await RestorationJobRepository(session).claim(
+                job_id,
+                lease_expired_before=utcnow() - timedelta(seconds=settings.task_lease_seconds),
+                held_attempt=held_attempt,
+            )
+            await session.commit()
+    except DBAPIError as error:
+        raise JobDatabaseError(f"claiming job {job_id}: {error.orig}", held_attempt) from error
     if job is None:
         logger.info("job %s is not claimable (finished, cancelled or held); skipping", job_id)
         return Outcome(Result.SKIPPED)
+    try:
+        return await _run_attempt(ctx, job)
+    except DBAPIError as error:
+        raise JobDatabaseError(f"running job {job_id}: {error.orig}", job.attempts) from error
 
+
+async def _run_attempt(ctx: WorkerContext, job: RestorationJob) -> Outcome:
+    settings = ctx.settings
     attempt = job.attempts
     progress, stop = _Progress(), asyncio.Event()
     lease = asyncio.create_task(_keep_lease(ctx, job.id, attempt, progress, stop))
@@ -201,7 +226,7 @@ def restore_image(self: Task[Any, str], job_id: str, held_attempt: int | None = 
     job_uuid = uuid.UUID(job_id)
     try:
         outcome = asyncio.run(run_job(settings, job_uuid, held_attempt))
-    except DBAPIError as error:
+    except JobDatabaseError as error:
         # The database is away: try again later, holding on to our lease if we had one.
         if self.request.retries >= settings.task_max_retries:
             logger.error("job %s: database unavailable, giving up: %s", job_id, error)
@@ -209,7 +234,7 @@ def restore_image(self: Task[Any, str], job_id: str, held_attempt: int | None = 
         delay = backoff_seconds(self.request.retries + 1, settings)
         logger.warning("job %s: database unavailable, retrying in %.0f s", job_id, delay)
         raise self.retry(
-            countdown=delay, exc=error, kwargs={"held_attempt": held_attempt}
+            countdown=delay, exc=error, kwargs={"held_attempt": error.attempt}
         ) from error
     if outcome.result is Result.RETRY:
         assert outcome.retry_in is not None
