@@ -188,7 +188,9 @@ async def _run_attempt(ctx: WorkerContext, job: RestorationJob) -> Outcome:
                 prompt_id=restored.prompt_id,
             )
             await session.commit()
-    except ExecutionCancelled:
+    except ExecutionCancelled as error:
+        if not stop.is_set():  # not our doing: someone interrupted ComfyUI, the job must end
+            return await _finish(ctx, job, attempt, error)
         return Outcome(Result.CANCELLED, attempt)
     except (ComfyUIError, s3.StorageError) as error:
         return await _finish(ctx, job, attempt, error)
