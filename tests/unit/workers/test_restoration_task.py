@@ -37,7 +37,7 @@ from app.workers.tasks import restoration as task_module
 from app.workers.tasks.restoration import Outcome, Result, backoff_seconds, process_job
 from fixtures import images
 from fixtures.jobs import new_job
-from tests.unit.conftest import Account
+from tests.unit.conftest import BUCKET, Account
 
 pytestmark = pytest.mark.anyio
 
@@ -197,7 +197,7 @@ async def cancel(ctx: WorkerContext, job: RestorationJob) -> None:
 
 
 def keys(s3_client: Any, prefix: str) -> list[str]:
-    listing = s3_client.list_objects_v2(Bucket="unit-bucket", Prefix=prefix)
+    listing = s3_client.list_objects_v2(Bucket=BUCKET, Prefix=prefix)
     return [entry["Key"] for entry in listing.get("Contents", [])]
 
 
@@ -224,7 +224,7 @@ async def test_success_stores_the_result_and_completes_the_job(
     assert done.finished_at is not None
     assert done.finished_at >= done.started_at
 
-    stored = s3_client.get_object(Bucket="unit-bucket", Key=done.result_key)
+    stored = s3_client.get_object(Bucket=BUCKET, Key=done.result_key)
     assert stored["Body"].read() == restorer.data
     assert stored["ContentType"] == "image/png"
 
