@@ -448,7 +448,8 @@ async def test_unexpected_exception_fails_as_internal_error(
     assert outcome.result is Result.FAILED
     failed = await load(ctx, job.id)
     assert failed.status is JobStatus.FAILED
-    assert failed.error_message == "Internal error: 'outputs'"
+    # Users read this message: it names the kind of failure, never internal details.
+    assert failed.error_message == "Internal error (KeyError); see the worker log."
 
 
 async def test_soft_time_limit_fails_the_job(
@@ -841,3 +842,27 @@ async def test_task_takes_its_job_back_after_a_database_error(
     assert len(task_context) == 2
     done = await load(ctx, job.id)
     assert (done.status, done.attempts) == (JobStatus.COMPLETED, 2)
+
+
+async def test_soft_time_limit_outside_process_job_still_fails_the_job(
+    ctx: WorkerContext,
+    job: RestorationJob,
+    task_context: list[Settings],
+    run_job: ScriptedRunJob,
+    task_settings: Settings,
+) -> None:
+    """Celery's signal can surface in the event loop itself; the job must not stay PROCESSING."""
+    async with ctx.session_factory() as session:
+        await RestorationJobRepository(session).claim(job.id, lease_expired_before=utcnow())
+        await session.commit()
+    run_job.script.append(SoftTimeLimitExceeded())
+
+    result = await anyio.to_thread.run_sync(
+        lambda: task_module.restore_image.apply(args=[str(job.id)])
+    )
+
+    assert result.get() == "failed"
+    failed = await load(ctx, job.id)
+    assert failed.status is JobStatus.FAILED
+    limit = task_settings.task_soft_time_limit_seconds
+    assert failed.error_message == f"The job took longer than {limit:g} s."

@@ -203,7 +203,9 @@ async def _run_attempt(ctx: WorkerContext, job: RestorationJob) -> Outcome:
         raise
     except Exception as error:
         logger.exception("job %s: unexpected error", job.id)
-        return await _finish(ctx, job, attempt, RuntimeError(f"Internal error: {error}"))
+        # The log has the details; the job's message, which users read, does not.
+        internal = RuntimeError(f"Internal error ({type(error).__name__}); see the worker log.")
+        return await _finish(ctx, job, attempt, internal)
     finally:
         lease.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -222,6 +224,12 @@ async def run_job(settings: Settings, job_id: uuid.UUID, held_attempt: int | Non
         return await process_job(ctx, job_id, held_attempt=held_attempt)
 
 
+async def fail_overdue_job(settings: Settings, job_id: uuid.UUID, message: str) -> None:
+    async with context_factory(settings) as ctx, session_scope(ctx.session_factory) as session:
+        await RestorationJobRepository(session).fail_processing(job_id, message)
+        await session.commit()
+
+
 @celery_app.task(bind=True, name=RESTORE_TASK, max_retries=None)
 def restore_image(self: Task[Any, str], job_id: str, held_attempt: int | None = None) -> str:
     settings = get_settings()
@@ -238,6 +246,13 @@ def restore_image(self: Task[Any, str], job_id: str, held_attempt: int | None = 
         raise self.retry(
             countdown=delay, exc=error, kwargs={"held_attempt": error.attempt}
         ) from error
+    except SoftTimeLimitExceeded:
+        # Celery raises this from a signal handler, so it can surface outside process_job (in the
+        # event loop itself): record the failure here too, or the job would stay PROCESSING.
+        limit = settings.task_soft_time_limit_seconds
+        logger.error("job %s exceeded the soft time limit of %s s", job_id, limit)
+        asyncio.run(fail_overdue_job(settings, job_uuid, f"The job took longer than {limit:g} s."))
+        return Result.FAILED.value
     if outcome.result is Result.RETRY:
         assert outcome.retry_in is not None
         raise self.retry(countdown=outcome.retry_in, kwargs={"held_attempt": outcome.attempt})
