@@ -72,6 +72,37 @@ def unit(session: nox.Session) -> None:
 
 
 @nox.session
+def gpu(session: nox.Session) -> None:
+    """The contract suite and our workflows on real photos, against the ComfyUI at COMFYUI_URL.
+
+    Never starts a ComfyUI and never passes by skipping: an unset or unreachable COMFYUI_URL fails
+    the session before anything is installed. Not in the default list. Reports go to
+    reports/gpu/gpu-report.{json,html}; see tests/gpu/conftest.py for the other variables.
+    """
+    import json
+    import urllib.error
+    import urllib.request
+
+    url = os.environ.get("COMFYUI_URL", "").strip()
+    if not url:
+        session.error(
+            "COMFYUI_URL is not set: the gpu tier runs against a real ComfyUI host, "
+            "e.g. COMFYUI_URL=http://gpu-runner:8188 nox -s gpu"
+        )
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/system_stats", timeout=10) as response:
+            stats = json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        session.error(f"ComfyUI at COMFYUI_URL={url} is unreachable: GET /system_stats: {exc}")
+    if not isinstance(stats, dict) or "comfyui_version" not in stats.get("system", {}):
+        session.error(f"COMFYUI_URL={url} is not a ComfyUI host: /system_stats lacks its version")
+    session.log(f"ComfyUI {stats['system']['comfyui_version']} at {url}")
+    install(session, "gpu")
+    # No xdist: one host runs one prompt at a time, and the latencies are per image.
+    run_tier(session, "gpu", env={"COMFYUI_URL": url})
+
+
+@nox.session
 def coverage(session: nox.Session) -> None:
     """Combine every tier's data: terminal, HTML, XML and a markdown summary; fail under the threshold."""
     install(session, "test")
