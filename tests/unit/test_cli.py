@@ -246,3 +246,18 @@ def test_python_dash_m_app(
 
     assert exited.value.code == 0
     assert uuid.UUID(capsys.readouterr().out.strip()) == rows(migrated, User)[0].id
+
+
+def test_ensure_bucket_creates_the_configured_bucket_once(
+    db_path: Path, moto_s3_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("S3_BUCKET", "cli-made-bucket")
+    monkeypatch.setenv("S3_REGION", "us-east-1")
+    get_settings.cache_clear()
+
+    assert cli.main(["ensure-bucket"]) == 0
+    assert cli.main(["ensure-bucket"]) == 0  # a bucket that exists is fine
+
+    names = [bucket["Name"] for bucket in moto_s3_client.list_buckets()["Buckets"]]
+    assert names.count("cli-made-bucket") == 1
+    moto_s3_client.delete_bucket(Bucket="cli-made-bucket")
