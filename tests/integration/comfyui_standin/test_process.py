@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
+import time
 import urllib.error
 import urllib.request
 
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosedOK
 
-from fixtures.comfyui.process import run_standin, standin_command
+from fixtures.comfyui import StandinConfig, StandinServer
+from fixtures.comfyui.process import REPO_ROOT, run_standin, standin_command
 
 
 def get_json(url: str) -> object:
@@ -45,6 +52,31 @@ def test_process_is_stopped_when_the_body_fails():
         get_json(f"{url}/system_stats")
 
 
+def test_server_exits_when_its_parent_dies_without_cleaning_up():
+    parent = textwrap.dedent(
+        """
+        import os, signal
+        from fixtures.comfyui.process import run_standin
+        with run_standin() as url:
+            print(url, flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", parent], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30
+    )
+    url = proc.stdout.strip()
+    assert url.startswith("http://127.0.0.1:")
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            get_json(f"{url}/system_stats")
+        except urllib.error.URLError:
+            break
+        assert time.monotonic() < deadline, "the orphaned stand-in kept running"
+        time.sleep(0.1)
+
+
 def test_a_process_that_cannot_start_is_reported():
     with pytest.raises(RuntimeError, match="exited"), run_standin(faults=[{"kind": "bogus"}]):
         pass
@@ -63,3 +95,21 @@ def test_command_line():
         "",
         "--cache-none",
     ]
+
+
+@pytest.mark.anyio
+async def test_stopping_closes_websockets_instead_of_waiting_for_them(tmp_path):
+    server = StandinServer(
+        StandinConfig(
+            port=0, input_dir=tmp_path / "i", output_dir=tmp_path / "o", temp_dir=tmp_path / "t"
+        )
+    )
+    url = await server.start()
+    async with connect(url.replace("http", "ws", 1) + "/ws?clientId=c") as ws:
+        await ws.recv()
+        started = time.monotonic()
+        await server.stop()
+        assert time.monotonic() - started < 2
+        with pytest.raises(ConnectionClosedOK) as closed:
+            await ws.recv()
+    assert closed.value.rcvd.code == 1001
