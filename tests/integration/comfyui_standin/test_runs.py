@@ -268,21 +268,12 @@ async def test_model_upscale_reports_one_progress_per_tile(comfy):
     assert (await comfy.view(entry["outputs"]["6"]["images"][0])).size == (1000, 40)
 
 
-def idle_again(listener) -> Any:
-    """Predicate: a ``queue_remaining: 0`` status after the one the socket got on connecting."""
-    return lambda m: (
-        m is not listener.messages[0]
-        and m["type"] == "status"
-        and m["data"]["status"]["exec_info"]["queue_remaining"] == 0
-    )
-
-
 async def test_routing_follows_the_client_id(comfy):
     recorded = capture("probe4")
     async with comfy.listen("A") as a, comfy.listen("B") as b:
         prompt_id = (await comfy.submit(invert("routing/with"), "A")).json()["prompt_id"]
         await a.wait_done(prompt_id)
-        await b.wait_for(idle_again(b))
+        await b.wait_idle()
     assert a.types() == ["status", *recorded["routing_with_client_id"]["A_types"]]
     assert b.types() == ["status", *recorded["routing_with_client_id"]["B_types"]]
 
@@ -291,7 +282,7 @@ async def test_routing_follows_the_client_id(comfy):
         graph = invert("routing/without", image="other.png")
         prompt_id = (await comfy.submit(graph)).json()["prompt_id"]
         for listener in (a, b):
-            await listener.wait_for(idle_again(listener))
+            await listener.wait_idle()
         history = (await comfy.get(f"/history/{prompt_id}")).json()
     expected = recorded["routing_without_client_id"]
     assert a.types() == ["status", *expected["A_types"]]
