@@ -362,3 +362,13 @@ async def test_unchecked_combos_fail_at_run_time(comfy, graph, node, exception_t
         message,
     )
     assert "execution_success" not in [m["type"] for m in messages]
+
+
+async def test_animated_input_becomes_a_batch_saved_as_numbered_files(comfy):
+    frames = [Image.open(io.BytesIO(png_bytes(12, 8, seed=seed))) for seed in range(3)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+    await comfy.upload("anim.gif", buffer.getvalue())
+    _, _, entry = await comfy.run(invert("batch/b", image="anim.gif"))
+    names = [image["filename"] for image in entry["outputs"]["3"]["images"]]
+    assert names == ["b_00001_.png", "b_00002_.png", "b_00003_.png"]
