@@ -154,8 +154,14 @@ async def test_identical_resubmit_is_served_from_cache(comfy):
     _, _, first = await comfy.run(core())
     _, messages, entry = await comfy.run(core())
     assert normalised(messages) == normalised(capture("ws_run2_cached")["messages"])
-    assert entry["outputs"] == first["outputs"]
-    assert entry["status"]["messages"][1][1]["nodes"] == ["1", "2", "3", "4", "5", "6"]
+    ((_, recorded),) = capture("history_run2_cached").items()
+    assert entry["outputs"] == first["outputs"] == recorded["outputs"]
+    assert entry["meta"] == recorded["meta"]
+    cached_message = entry["status"]["messages"][1]
+    assert (cached_message[0], cached_message[1]["nodes"]) == ("execution_cached", [*"123456"])
+    assert [m[0] for m in entry["status"]["messages"]] == [
+        m[0] for m in recorded["status"]["messages"]
+    ]
 
 
 async def test_new_prefix_reruns_only_save_image(comfy):
