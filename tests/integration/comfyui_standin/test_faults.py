@@ -91,8 +91,16 @@ async def test_refused_connections_for_a_while(comfy):
     async with httpx.AsyncClient(base_url=comfy.url, verify=False) as fresh:
         with pytest.raises(httpx.ConnectError):
             await fresh.get("/system_stats")
-        await asyncio.sleep(0.7)
-        assert (await fresh.get("/system_stats")).status_code == 200
+        with pytest.raises(httpx.TransportError):  # the open keep-alive connection is cut too
+            await comfy.get("/queue")
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            try:
+                response = await fresh.get("/system_stats")
+                break
+            except httpx.ConnectError:
+                continue
+        assert response.status_code == 200
 
 
 async def test_slow_nodes(comfy):
@@ -158,7 +166,7 @@ async def test_hang_until_interrupted(comfy):
 
 
 async def test_late_history(comfy):
-    await add_fault(comfy, kind="history_delay", seconds=0.3, count=1)
+    await add_fault(comfy, kind="history_delay", seconds=0.5, count=1)
     async with comfy.listen("me") as listener:
         prompt_id = (await comfy.submit(small(), "me")).json()["prompt_id"]
         await listener.wait_for(lambda m: m["type"] == "execution_success")
@@ -173,3 +181,10 @@ async def test_faults_from_the_constructor(start_comfy):
         assert (await comfy.get("/object_info/LoadImage")).status_code == 500
         assert (await comfy.get("/api/object_info/LoadImage")).status_code == 500
         assert (await comfy.get("/object_info/SaveImage")).status_code == 200
+
+
+async def test_refusing_from_the_start(start_comfy):
+    async with start_comfy(faults=[{"kind": "refuse_connections", "seconds": 0.3}]) as comfy:
+        with pytest.raises(httpx.ConnectError):
+            await comfy.get("/system_stats")
+        assert comfy.server.faults.describe() == []

@@ -178,3 +178,21 @@ async def test_history_window_and_deletion(comfy):
     ]
     await comfy.post("/history", {"clear": True})
     assert (await comfy.get("/history")).json() == {}
+
+
+async def test_execution_interrupted_is_broadcast_only_for_prompts_without_client(start_comfy):
+    """Checked on a real 0.3.64: with a client_id, only that client hears of the interrupt."""
+    async with start_comfy(faults=[{"kind": "hang", "node": "ImageBlur"}]) as comfy:
+        await comfy.upload("photo.png", png_bytes(40, 30))
+        for client, other_hears in (("owner", False), (None, True)):
+            async with comfy.listen("owner") as owner, comfy.listen("other") as other:
+                graph = blur_chain(f"bc/{client}")
+                graph["3"]["inputs"]["sigma"] = 2.0 if client else 3.0  # nothing cached
+                prompt_id = (await comfy.submit(graph, client)).json()["prompt_id"]
+                await owner.wait_for(
+                    lambda m: m["type"] == "progress_state" and "3" in m["data"]["nodes"]
+                )
+                await comfy.post("/interrupt", {"prompt_id": prompt_id})
+                await owner.wait_event("execution_interrupted", prompt_id)
+                await other.wait_idle()
+            assert ("execution_interrupted" in other.types()) is other_hears

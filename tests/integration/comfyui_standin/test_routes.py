@@ -62,6 +62,12 @@ async def test_object_info_serves_the_recorded_specs_of_the_supported_nodes(comf
             assert spec == recorded[name], name
 
 
+async def test_loadimage_spec_is_the_recorded_one_for_the_same_input_folder(comfy):
+    await comfy.upload("example.png", png_bytes())
+    response = await comfy.get("/object_info/LoadImage")
+    assert response.json() == capture("get_object_info_LoadImage")["body"]
+
+
 async def test_loadimage_lists_top_level_image_files_of_input(comfy):
     await comfy.upload("b.png", png_bytes())
     await comfy.upload("a.jpg", png_bytes(seed=1))

@@ -154,8 +154,14 @@ async def test_identical_resubmit_is_served_from_cache(comfy):
     _, _, first = await comfy.run(core())
     _, messages, entry = await comfy.run(core())
     assert normalised(messages) == normalised(capture("ws_run2_cached")["messages"])
-    assert entry["outputs"] == first["outputs"]
-    assert entry["status"]["messages"][1][1]["nodes"] == ["1", "2", "3", "4", "5", "6"]
+    ((_, recorded),) = capture("history_run2_cached").items()
+    assert entry["outputs"] == first["outputs"] == recorded["outputs"]
+    assert entry["meta"] == recorded["meta"]
+    cached_message = entry["status"]["messages"][1]
+    assert (cached_message[0], cached_message[1]["nodes"]) == ("execution_cached", [*"123456"])
+    assert [m[0] for m in entry["status"]["messages"]] == [
+        m[0] for m in recorded["status"]["messages"]
+    ]
 
 
 async def test_new_prefix_reruns_only_save_image(comfy):
@@ -268,21 +274,12 @@ async def test_model_upscale_reports_one_progress_per_tile(comfy):
     assert (await comfy.view(entry["outputs"]["6"]["images"][0])).size == (1000, 40)
 
 
-def idle_again(listener) -> Any:
-    """Predicate: a ``queue_remaining: 0`` status after the one the socket got on connecting."""
-    return lambda m: (
-        m is not listener.messages[0]
-        and m["type"] == "status"
-        and m["data"]["status"]["exec_info"]["queue_remaining"] == 0
-    )
-
-
 async def test_routing_follows_the_client_id(comfy):
     recorded = capture("probe4")
     async with comfy.listen("A") as a, comfy.listen("B") as b:
         prompt_id = (await comfy.submit(invert("routing/with"), "A")).json()["prompt_id"]
         await a.wait_done(prompt_id)
-        await b.wait_for(idle_again(b))
+        await b.wait_idle()
     assert a.types() == ["status", *recorded["routing_with_client_id"]["A_types"]]
     assert b.types() == ["status", *recorded["routing_with_client_id"]["B_types"]]
 
@@ -291,7 +288,7 @@ async def test_routing_follows_the_client_id(comfy):
         graph = invert("routing/without", image="other.png")
         prompt_id = (await comfy.submit(graph)).json()["prompt_id"]
         for listener in (a, b):
-            await listener.wait_for(idle_again(listener))
+            await listener.wait_idle()
         history = (await comfy.get(f"/history/{prompt_id}")).json()
     expected = recorded["routing_without_client_id"]
     assert a.types() == ["status", *expected["A_types"]]
@@ -371,3 +368,13 @@ async def test_unchecked_combos_fail_at_run_time(comfy, graph, node, exception_t
         message,
     )
     assert "execution_success" not in [m["type"] for m in messages]
+
+
+async def test_animated_input_becomes_a_batch_saved_as_numbered_files(comfy):
+    frames = [Image.open(io.BytesIO(png_bytes(12, 8, seed=seed))) for seed in range(3)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+    await comfy.upload("anim.gif", buffer.getvalue())
+    _, _, entry = await comfy.run(invert("batch/b", image="anim.gif"))
+    names = [image["filename"] for image in entry["outputs"]["3"]["images"]]
+    assert names == ["b_00001_.png", "b_00002_.png", "b_00003_.png"]

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from fixtures.comfyui.testing import capture, png_bytes, workflow
+from fixtures.comfyui.testing import capture, png_bytes, shape_of, workflow
 
 pytestmark = pytest.mark.anyio
 
@@ -142,7 +142,11 @@ async def test_one_bad_output_among_good_ones_is_accepted_with_node_errors(comfy
 
 
 async def test_number_counts_rejected_prompts_too_and_custom_ids_are_kept(comfy_with_probe):
-    first = (await comfy_with_probe.submit(core())).json()
+    accepted = await comfy_with_probe.submit(core())
+    recorded = capture("post_prompt_ok")
+    assert accepted.headers["content-type"] == recorded["content_type"]
+    assert shape_of(accepted.json()) == shape_of(recorded["body"])
+    first = accepted.json()
     assert (await comfy_with_probe.submit({})).status_code == 400
     custom = "11111111-2222-3333-4444-555555555555"
     second = (await comfy_with_probe.submit(core(), prompt_id=custom)).json()
