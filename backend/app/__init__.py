@@ -1,0 +1,3 @@
+"""Photo-restoration backend."""
+
+__version__ = "0.1.0"

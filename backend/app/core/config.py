@@ -1,0 +1,88 @@
+"""All settings, read once from environment variables (and an optional `.env` file)."""
+
+from enum import StrEnum
+from functools import lru_cache
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class WorkflowName(StrEnum):
+    """The ComfyUI workflows shipped in `app/workflows/`."""
+
+    CORE = "restore"  # core nodes only: runs on any ComfyUI host
+    MODEL_UPSCALE = "restore_model_upscale"  # needs an upscale model on the host
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # --- API
+    api_title: str = "restoration"
+    max_upload_bytes: int = Field(default=20 * MiB, gt=0)
+    max_image_pixels: int = Field(default=50_000_000, gt=0)
+    upload_chunk_bytes: int = Field(default=1 * MiB, gt=0)
+    presign_expiry_seconds: int = Field(default=300, gt=0)
+    page_size_max: int = 100
+
+    # --- Database (SQLAlchemy URL; `postgresql+psycopg://...` in production)
+    database_url: str = "postgresql+psycopg://restoration:restoration@127.0.0.1:5432/restoration"
+    database_connect_timeout_seconds: float = 3.0
+    database_statement_timeout_ms: int = 5_000
+
+    # --- Celery broker (Redis)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    celery_queue: str = "restoration"
+    broker_connect_timeout_seconds: float = 3.0
+
+    # --- S3
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_bucket: str = "restoration"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_multipart_threshold_bytes: int = 8 * MiB
+    s3_connect_timeout_seconds: float = 3.0
+    s3_read_timeout_seconds: float = 30.0
+    s3_max_attempts: int = 3
+
+    # --- ComfyUI
+    comfyui_url: str = "http://127.0.0.1:8188"
+    comfyui_workflow: WorkflowName = WorkflowName.CORE
+    comfyui_upscale_model: str = "tiny_compact_x2.safetensors"
+    comfyui_scale: float = Field(default=2.0, gt=0, le=8.0)
+    comfyui_request_timeout_seconds: float = 30.0
+    comfyui_job_timeout_seconds: float = 600.0
+    comfyui_poll_interval_seconds: float = 1.0
+
+    # --- Worker
+    task_max_retries: int = 5
+    task_retry_backoff_seconds: float = 2.0
+    task_retry_backoff_max_seconds: float = 120.0
+    task_heartbeat_seconds: float = 2.0
+    # A PROCESSING job whose heartbeat is older than this may be claimed again (its worker died).
+    task_lease_seconds: float = 60.0
+
+    # Derived from the ComfyUI timeout when unset (see `_derive_limits`).
+    task_soft_time_limit_seconds: float | None = None
+    task_time_limit_seconds: float | None = None
+    # Redis redelivers an unacknowledged task after this: it must outlast the longest job.
+    broker_visibility_timeout_seconds: float | None = None
+
+    @model_validator(mode="after")
+    def _derive_limits(self) -> "Settings":
+        # The soft limit lies past the ComfyUI timeout, so the client interrupts cleanly first.
+        if self.task_soft_time_limit_seconds is None:
+            self.task_soft_time_limit_seconds = self.comfyui_job_timeout_seconds + 60
+        if self.task_time_limit_seconds is None:
+            self.task_time_limit_seconds = self.task_soft_time_limit_seconds + 30
+        if self.broker_visibility_timeout_seconds is None:
+            self.broker_visibility_timeout_seconds = self.task_time_limit_seconds + 60
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,37 @@
+"""The Celery application: Redis broker, settings for long jobs that must never be lost."""
+
+from celery import Celery
+
+from app.core.config import Settings, get_settings
+
+
+def create_celery_app(settings: Settings) -> Celery:
+    celery = Celery("restoration", broker=settings.redis_url)
+    celery.conf.update(
+        include=["app.workers.tasks.restoration"],
+        task_default_queue=settings.celery_queue,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,  # job state lives in Postgres, not in a result backend
+        # Acknowledge after the task ran, and give the task back if its worker dies: a job is only
+        # ever dropped by the task itself, after it recorded the outcome.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=settings.task_soft_time_limit_seconds,
+        task_time_limit=settings.task_time_limit_seconds,
+        broker_connection_timeout=settings.broker_connect_timeout_seconds,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={
+            # Redis redelivers unacknowledged tasks after this; it outlasts the longest job.
+            "visibility_timeout": settings.broker_visibility_timeout_seconds,
+            "socket_connect_timeout": settings.broker_connect_timeout_seconds,
+            "socket_timeout": settings.broker_connect_timeout_seconds,
+        },
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+    )
+    return celery
+
+
+celery_app = create_celery_app(get_settings())

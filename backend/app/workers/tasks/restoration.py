@@ -1,0 +1,217 @@
+"""The restoration task: claim the job, restore the original with ComfyUI, store the result.
+
+Every transition is a compare-and-set (see `RestorationJobRepository`), so a redelivered or duplicate
+message never reprocesses a finished job or moves one backwards. While it works, the task renews its
+lease on the job; a failed renewal means the job was cancelled (or taken over), and the run stops.
+"""
+
+import asyncio
+import contextlib
+import logging
+import random
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import StrEnum
+from typing import Any
+
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from app.core.config import Settings, WorkflowName, get_settings
+from app.core.db import session_scope
+from app.models import RestorationJob
+from app.models.base import utcnow
+from app.repositories.restoration import RestorationJobRepository
+from app.services import s3
+from app.services.comfyui import ComfyUIError, ExecutionCancelled
+from app.workers.celery_app import celery_app
+from app.workers.context import ContextFactory, WorkerContext, worker_context
+from app.workers.queue import RESTORE_TASK
+
+logger = logging.getLogger(__name__)
+
+# Tests swap this for a factory that hands out doubles.
+context_factory: ContextFactory = worker_context
+
+
+class Result(StrEnum):
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"  # not ours to run: finished, cancelled, or held by a live worker
+    RETRY = "retry"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    result: Result
+    attempt: int | None = None
+    retry_in: float | None = None
+    message: str | None = None
+
+
+def backoff_seconds(attempt: int, settings: Settings) -> float:
+    """Exponential backoff with jitter: half the ceiling, plus up to the other half at random."""
+    ceiling = min(
+        settings.task_retry_backoff_max_seconds,
+        settings.task_retry_backoff_seconds * 2.0 ** max(attempt - 1, 0),
+    )
+    return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not security
+
+
+class _Progress:
+    """The latest progress the restorer reported; the heartbeat writes it."""
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def update(self, value: float) -> None:
+        self.value = max(self.value, min(value, 1.0))
+
+
+async def _keep_lease(
+    ctx: WorkerContext, job_id: uuid.UUID, attempt: int, progress: _Progress, stop: asyncio.Event
+) -> None:
+    """Renew the lease every few seconds; set `stop` once the job is no longer ours."""
+    while True:
+        await asyncio.sleep(ctx.settings.task_heartbeat_seconds)
+        try:
+            async with session_scope(ctx.session_factory) as session:
+                held = await RestorationJobRepository(session).heartbeat(
+                    job_id, attempt, progress=progress.value
+                )
+                await session.commit()
+        except SQLAlchemyError as error:  # a blip must not abort a healthy run
+            logger.warning("heartbeat for job %s failed: %s", job_id, error)
+            continue
+        if not held:
+            logger.info("job %s was cancelled or taken over; stopping attempt %d", job_id, attempt)
+            stop.set()
+            return
+
+
+async def _finish(
+    ctx: WorkerContext, job: RestorationJob, attempt: int, error: Exception
+) -> Outcome:
+    """Record a failed attempt: retry transient errors while attempts remain, else FAILED."""
+    transient = bool(getattr(error, "transient", False))
+    async with session_scope(ctx.session_factory) as session:
+        jobs = RestorationJobRepository(session)
+        if transient and attempt <= ctx.settings.task_max_retries:
+            delay = backoff_seconds(attempt, ctx.settings)
+            message = f"Attempt {attempt} failed: {error}. Retrying in {delay:.0f} s."
+            held = await jobs.release_for_retry(job.id, attempt, message)
+            await session.commit()
+            if held:
+                logger.warning("job %s: %s", job.id, message)
+                return Outcome(Result.RETRY, attempt, retry_in=delay, message=message)
+            return Outcome(Result.CANCELLED, attempt)
+        message = f"Gave up after {attempt} attempts: {error}" if transient else str(error)
+        failed = await jobs.fail(job.id, attempt, message)
+        await session.commit()
+    if failed is None:
+        return Outcome(Result.CANCELLED, attempt)
+    logger.error("job %s failed: %s", job.id, message)
+    return Outcome(Result.FAILED, attempt, message=message)
+
+
+async def process_job(
+    ctx: WorkerContext, job_id: uuid.UUID, *, held_attempt: int | None = None
+) -> Outcome:
+    """One attempt at one job. Database errors propagate: the task retries them."""
+    settings = ctx.settings
+    async with session_scope(ctx.session_factory) as session:
+        job = await RestorationJobRepository(session).claim(
+            job_id,
+            lease_expired_before=utcnow() - timedelta(seconds=settings.task_lease_seconds),
+            held_attempt=held_attempt,
+        )
+        await session.commit()
+    if job is None:
+        logger.info("job %s is not claimable (finished, cancelled or held); skipping", job_id)
+        return Outcome(Result.SKIPPED)
+
+    attempt = job.attempts
+    progress, stop = _Progress(), asyncio.Event()
+    lease = asyncio.create_task(_keep_lease(ctx, job.id, attempt, progress, stop))
+    result_key: str | None = None
+    try:
+        original = await ctx.storage.download(job.original_key)
+        restored = await ctx.restorer.restore(
+            job_id=job.id,
+            attempt=attempt,
+            image=original,
+            extension=job.original_key.rsplit(".", 1)[-1],
+            workflow=WorkflowName(job.workflow),
+            scale=settings.comfyui_scale,
+            upscale_model=settings.comfyui_upscale_model,
+            on_progress=progress.update,
+            cancel=stop,
+            timeout=settings.comfyui_job_timeout_seconds,
+        )
+        result_key = s3.result_key(job.user_id, job.id)
+        await ctx.storage.put_bytes(result_key, restored.data, content_type="image/png")
+        async with session_scope(ctx.session_factory) as session:
+            completed = await RestorationJobRepository(session).complete(
+                job.id,
+                attempt,
+                result_key=result_key,
+                width=restored.width,
+                height=restored.height,
+                prompt_id=restored.prompt_id,
+            )
+            await session.commit()
+    except ExecutionCancelled:
+        return Outcome(Result.CANCELLED, attempt)
+    except (ComfyUIError, s3.StorageError) as error:
+        return await _finish(ctx, job, attempt, error)
+    except SoftTimeLimitExceeded:
+        limit = settings.task_soft_time_limit_seconds
+        return await _finish(
+            ctx, job, attempt, TimeoutError(f"The job took longer than {limit:g} s.")
+        )
+    except DBAPIError:
+        raise
+    except Exception as error:
+        logger.exception("job %s: unexpected error", job.id)
+        return await _finish(ctx, job, attempt, RuntimeError(f"Internal error: {error}"))
+    finally:
+        lease.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await lease
+
+    if completed is None:  # cancelled while we worked: the result is not wanted
+        with contextlib.suppress(s3.StorageError):
+            await ctx.storage.delete(result_key)
+        return Outcome(Result.CANCELLED, attempt)
+    logger.info("job %s completed (%dx%d)", job.id, restored.width, restored.height)
+    return Outcome(Result.COMPLETED, attempt)
+
+
+async def run_job(settings: Settings, job_id: uuid.UUID, held_attempt: int | None) -> Outcome:
+    async with context_factory(settings) as ctx:
+        return await process_job(ctx, job_id, held_attempt=held_attempt)
+
+
+@celery_app.task(bind=True, name=RESTORE_TASK, max_retries=None)
+def restore_image(self: Task[Any, str], job_id: str, held_attempt: int | None = None) -> str:
+    settings = get_settings()
+    job_uuid = uuid.UUID(job_id)
+    try:
+        outcome = asyncio.run(run_job(settings, job_uuid, held_attempt))
+    except DBAPIError as error:
+        # The database is away: try again later, holding on to our lease if we had one.
+        if self.request.retries >= settings.task_max_retries:
+            logger.error("job %s: database unavailable, giving up: %s", job_id, error)
+            raise
+        delay = backoff_seconds(self.request.retries + 1, settings)
+        logger.warning("job %s: database unavailable, retrying in %.0f s", job_id, delay)
+        raise self.retry(
+            countdown=delay, exc=error, kwargs={"held_attempt": held_attempt}
+        ) from error
+    if outcome.result is Result.RETRY:
+        assert outcome.retry_in is not None
+        raise self.retry(countdown=outcome.retry_in, kwargs={"held_attempt": outcome.attempt})
+    return outcome.result.value

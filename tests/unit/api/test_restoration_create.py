@@ -1,0 +1,223 @@
+"""POST /api/v1/restorations: validation from the bytes, storage, persistence, enqueue, idempotency."""
+
+import uuid
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.models import JobStatus, RestorationJob
+from app.services.s3 import StorageTransientError
+from fixtures import images
+from tests.unit.conftest import Account, RecordingTaskQueue
+
+pytestmark = pytest.mark.anyio
+
+URL = "/api/v1/restorations"
+
+
+def upload(data: bytes, filename: str = "photo.bin", content_type: str = "application/octet-stream"):
+    return {"file": (filename, data, content_type)}
+
+
+async def count_jobs(session: AsyncSession) -> int:
+    return await session.scalar(select(func.count()).select_from(RestorationJob)) or 0
+
+
+@pytest.mark.parametrize(("fmt", "content_type", "extension"), [
+    ("JPEG", "image/jpeg", "jpg"),
+    ("PNG", "image/png", "png"),
+    ("WEBP", "image/webp", "webp"),
+    ("TIFF", "image/tiff", "tiff"),
+])
+async def test_accepts_each_format_stores_original_and_enqueues(
+    client: httpx.AsyncClient,
+    alice: Account,
+    session: AsyncSession,
+    s3_client,
+    settings,
+    task_queue: RecordingTaskQueue,
+    fmt: str,
+    content_type: str,
+    extension: str,
+) -> None:
+    data = images.make_image(fmt, (64, 48))
+    # A misleading filename and Content-Type: only the bytes count.
+    response = await client.post(URL, files=upload(data, "evil.exe", "text/plain"), headers=alice.headers)
+
+    assert response.status_code == 202, response.text
+    body = response.json()
+    job_id = uuid.UUID(body["id"])
+    assert body["status"] == "PENDING"
+    assert (body["content_type"], body["width"], body["height"]) == (content_type, 64, 48)
+    assert body["size_bytes"] == len(data)
+    assert body["result_url"] is None
+    assert response.headers["location"] == f"{URL}/{job_id}"
+
+    job = await session.get(RestorationJob, job_id)
+    assert job is not None and job.status is JobStatus.PENDING
+    assert job.user_id == alice.user.id
+    assert job.original_key == f"originals/{alice.user.id}/{job_id}.{extension}"
+    stored = s3_client.get_object(Bucket=settings.s3_bucket, Key=job.original_key)
+    assert stored["Body"].read() == data
+    assert stored["ContentType"] == content_type
+    assert task_queue.enqueued == [job_id]
+
+
+@pytest.mark.parametrize("data", [
+    pytest.param(images.gif_image(), id="gif"),
+    pytest.param(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj", id="pdf"),
+    pytest.param(b"just some text, not an image at all", id="text"),
+    pytest.param(b"RIFF\x00\x00\x00\x00WAVEfmt ", id="riff-wave"),
+])
+async def test_refuses_other_types_with_415(
+    client: httpx.AsyncClient, alice: Account, session: AsyncSession, task_queue, data: bytes
+) -> None:
+    response = await client.post(URL, files=upload(data, "photo.png", "image/png"), headers=alice.headers)
+
+    assert response.status_code == 415
+    assert response.json()["error"]["code"] == "unsupported_media_type"
+    assert await count_jobs(session) == 0
+    assert task_queue.enqueued == []
+
+
+@pytest.mark.parametrize(("data", "code"), [
+    pytest.param(b"", "invalid_image", id="empty"),
+    pytest.param(images.truncated(images.make_image("JPEG", (300, 200))), "invalid_image", id="truncated-jpeg"),
+    pytest.param(images.truncated(images.make_image("PNG", (300, 200), seed=7)), "invalid_image", id="truncated-png"),
+    pytest.param(images.corrupt_png(), "invalid_image", id="corrupt-png"),
+    pytest.param(images.png_bomb(2000, 1000), "image_too_large", id="over-pixel-limit"),
+    pytest.param(images.png_bomb(20_000, 20_000), "image_too_large", id="decompression-bomb"),
+])
+async def test_refuses_broken_or_oversized_images_with_422(
+    client: httpx.AsyncClient, alice: Account, session: AsyncSession, s3_client, settings, data: bytes, code: str
+) -> None:
+    response = await client.post(URL, files=upload(data), headers=alice.headers)
+
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == code
+    assert await count_jobs(session) == 0
+    assert s3_client.list_objects_v2(Bucket=settings.s3_bucket)["KeyCount"] == 0
+
+
+async def test_refuses_files_over_the_size_limit_with_413(
+    client: httpx.AsyncClient, alice: Account, session: AsyncSession, settings
+) -> None:
+    data = b"\xff\xd8\xff" + b"\x00" * settings.max_upload_bytes
+    response = await client.post(URL, files=upload(data), headers=alice.headers)
+
+    assert response.status_code == 413
+    body = response.json()["error"]
+    assert body["code"] == "payload_too_large"
+    assert body["details"] == {"max_bytes": settings.max_upload_bytes}
+    assert await count_jobs(session) == 0
+
+
+async def test_size_limit_holds_while_streaming_without_content_length(
+    client: httpx.AsyncClient, alice: Account, settings
+) -> None:
+    """A chunked body declares no length: the limit must hold on the bytes as they arrive."""
+    boundary = "unit-boundary"
+    chunks_sent = 0
+    total_chunks = 64
+    chunk = b"\x00" * (settings.max_upload_bytes // 8)
+
+    async def body():
+        nonlocal chunks_sent
+        yield f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n'.encode()
+        for _ in range(total_chunks):
+            chunks_sent += 1
+            yield chunk
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    response = await client.post(
+        URL,
+        content=body(),
+        headers={**alice.headers, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"
+    # It stopped reading soon after the limit instead of taking the whole body.
+    assert chunks_sent < total_chunks
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    pytest.param({"files": {"note": (None, "no file here")}}, "required", id="missing-file-field"),
+    pytest.param({"data": {"note": "urlencoded"}}, "multipart", id="urlencoded-form"),
+    pytest.param({"files": {"image": ("a.png", images.make_image(), "image/png")}}, "required", id="wrong-field-name"),
+    pytest.param({"content": b"raw bytes", "headers": {"Content-Type": "image/png"}}, "multipart", id="not-multipart"),
+    pytest.param(
+        {"content": b"--x\r\ngarbage", "headers": {"Content-Type": "multipart/form-data; boundary=x"}},
+        "",
+        id="malformed-multipart",
+    ),
+])
+async def test_refuses_malformed_requests_with_422(
+    client: httpx.AsyncClient, alice: Account, kwargs: dict, message: str
+) -> None:
+    headers = {**alice.headers, **kwargs.pop("headers", {})}
+    response = await client.post(URL, headers=headers, **kwargs)
+
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "validation_error"
+    assert message in error["message"]
+
+
+async def test_storage_failure_answers_503_and_leaves_no_job(
+    client: httpx.AsyncClient, alice: Account, session: AsyncSession, storage, task_queue, monkeypatch
+) -> None:
+    async def broken_upload(*args, **kwargs):
+        raise StorageTransientError("S3 upload failed: EndpointConnectionError")
+
+    monkeypatch.setattr(storage, "upload", broken_upload)
+    response = await client.post(URL, files=upload(images.make_image()), headers=alice.headers)
+
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "storage_unavailable"
+    assert await count_jobs(session) == 0
+    assert task_queue.enqueued == []
+
+
+async def test_enqueue_failure_answers_503_and_marks_the_job_failed(
+    client: httpx.AsyncClient, alice: Account, session: AsyncSession, queue_down: RecordingTaskQueue
+) -> None:
+    response = await client.post(URL, files=upload(images.make_image()), headers=alice.headers)
+
+    assert response.status_code == 503
+    error = response.json()["error"]
+    assert error["code"] == "queue_unavailable"
+    job = await session.get(RestorationJob, uuid.UUID(error["details"]["job_id"]), populate_existing=True)
+    assert job is not None
+    assert job.status is JobStatus.FAILED
+    assert "Could not queue the job" in (job.error_message or "")
+    assert "Connection refused" in (job.error_message or "")
+
+
+async def test_idempotency_key_returns_the_same_job(
+    client: httpx.AsyncClient, alice: Account, session: AsyncSession, task_queue: RecordingTaskQueue
+) -> None:
+    headers = {**alice.headers, "Idempotency-Key": "upload-42"}
+    first = await client.post(URL, files=upload(images.make_image(seed=1)), headers=headers)
+    again = await client.post(URL, files=upload(images.make_image(seed=2)), headers=headers)
+
+    assert first.status_code == again.status_code == 202
+    assert first.json()["id"] == again.json()["id"]
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.headers["location"] == first.headers["location"]
+    assert await count_jobs(session) == 1
+    assert len(task_queue.enqueued) == 1
+
+
+async def test_idempotency_keys_are_per_user(
+    client: httpx.AsyncClient, alice: Account, bob: Account, session: AsyncSession
+) -> None:
+    key = {"Idempotency-Key": "same-key"}
+    mine = await client.post(URL, files=upload(images.make_image()), headers={**alice.headers, **key})
+    theirs = await client.post(URL, files=upload(images.make_image()), headers={**bob.headers, **key})
+
+    assert mine.status_code == theirs.status_code == 202
+    assert mine.json()["id"] != theirs.json()["id"]
+    assert await count_jobs(session) == 2
