@@ -24,7 +24,7 @@ HEALTH_PATHS = frozenset(
     }
 )
 MOTO_VERSION = importlib.metadata.version("moto")
-SERVER_HEADER = ("Server", f"moto/{MOTO_VERSION}")
+SERVER = f"moto/{MOTO_VERSION}"  # the Server header, where MinIO says "MinIO"
 
 
 def parse_args(argv: list[str]) -> tuple[str, int]:
@@ -40,19 +40,14 @@ def parse_args(argv: list[str]) -> tuple[str, int]:
     return host or "0.0.0.0", int(port)  # noqa: S104 (all interfaces inside a container)
 
 
-def with_minio_endpoints(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
-    """Answers the health checks and names the server, then hands everything else to moto."""
+def with_minio_health(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
+    """Answers MinIO's health checks; hands everything else to moto."""
 
     def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if environ.get("PATH_INFO") in HEALTH_PATHS:
-            start_response("200 OK", [SERVER_HEADER, ("Content-Length", "0")])
+            start_response("200 OK", [("Content-Length", "0")])
             return [b""]
-
-        def start_with_server(status: str, headers: list[tuple[str, str]], *exc: Any) -> Any:
-            headers = [h for h in headers if h[0].lower() != "server"] + [SERVER_HEADER]
-            return start_response(status, headers, *exc)
-
-        return app(environ, start_with_server)
+        return app(environ, start_response)
 
     return wrapped
 
@@ -72,9 +67,13 @@ def main() -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: sys.exit(0))
 
+    class RequestHandler(MotoRequestHandler):  # type: ignore[misc]
+        def version_string(self) -> str:
+            return SERVER
+
     print(f"S3 stand-in: moto {MOTO_VERSION} on {host}:{port} (MinIO health endpoints)", flush=True)
-    app = with_minio_endpoints(DomainDispatcherApplication(create_backend_app))
-    run_simple(host, port, app, threaded=True, request_handler=MotoRequestHandler)
+    app = with_minio_health(DomainDispatcherApplication(create_backend_app))
+    run_simple(host, port, app, threaded=True, request_handler=RequestHandler)
 
 
 if __name__ == "__main__":
