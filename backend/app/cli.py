@@ -1,6 +1,7 @@
 """Command line: `python -m app ...` or `restoration ...`.
 
 migrate                         apply Alembic migrations
+ensure-bucket                   create the S3 bucket if it is missing (local stacks)
 create-user EMAIL               add a user
 create-token EMAIL [--name N]   issue an API token (printed once, stored hashed)
 serve [--host H] [--port P]     run the API under uvicorn
@@ -18,6 +19,7 @@ from app.core.config import Settings, get_settings
 from app.core.db import create_engine, create_session_factory
 from app.core.security import generate_token, hash_token
 from app.repositories.users import UserRepository
+from app.services.s3 import S3Storage
 
 ALEMBIC_INI = Path(__file__).resolve().parents[2] / "alembic.ini"
 
@@ -88,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
 
+    commands.add_parser("ensure-bucket", help="create the S3 bucket if it is missing")
+
     commands.add_parser("worker", help="run a Celery worker (extra arguments go to Celery)")
     return parser
 
@@ -102,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "migrate":
             migrate(settings, args.revision)
+        elif args.command == "ensure-bucket":
+            asyncio.run(S3Storage(settings).ensure_bucket())
         elif args.command == "create-user":
             print(asyncio.run(create_user(settings, args.email)))
         elif args.command == "create-token":

@@ -1,8 +1,8 @@
 """Every error leaves as `{"error": {"code", "message", "details"}}`; no traceback reaches a client."""
 
 import logging
-from http import HTTPStatus
 from collections.abc import Mapping
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request

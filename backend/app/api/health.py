@@ -31,8 +31,8 @@ async def _run_check(check: Callable[[], Awaitable[object]]) -> CheckResult:
 
 
 async def _check_database(resources: Resources) -> None:
-    async with resources.engine.connect() as connection:
-        await connection.execute(text("SELECT 1"))
+    async with resources.session_factory() as session:
+        await session.execute(text("SELECT 1"))
 
 
 @router.get("/healthz", response_model=Liveness)

@@ -23,9 +23,7 @@ class Settings(BaseSettings):
     api_title: str = "restoration"
     max_upload_bytes: int = Field(default=20 * MiB, gt=0)
     max_image_pixels: int = Field(default=50_000_000, gt=0)
-    upload_chunk_bytes: int = Field(default=1 * MiB, gt=0)
     presign_expiry_seconds: int = Field(default=300, gt=0)
-    page_size_max: int = 100
 
     # --- Database (SQLAlchemy URL; `postgresql+psycopg://...` in production)
     database_url: str = "postgresql+psycopg://restoration:restoration@127.0.0.1:5432/restoration"

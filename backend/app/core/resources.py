@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import redis.asyncio as redis
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
 from app.core.db import create_engine, create_session_factory
@@ -44,7 +44,6 @@ class RedisBrokerProbe:
 @dataclass
 class Resources:
     settings: Settings
-    engine: AsyncEngine
     session_factory: async_sessionmaker[AsyncSession]
     storage: S3Storage
     task_queue: TaskQueue
@@ -69,7 +68,6 @@ async def build_resources(settings: Settings) -> Resources:
     comfyui = ComfyUIService.from_settings(settings)
     return Resources(
         settings=settings,
-        engine=engine,
         session_factory=create_session_factory(engine),
         storage=S3Storage(settings),
         task_queue=CeleryTaskQueue(create_celery_app(settings), queue=settings.celery_queue),

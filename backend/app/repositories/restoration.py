@@ -176,6 +176,16 @@ class RestorationJobRepository:
             heartbeat_at=None,
         )
 
+    async def fail_processing(self, job_id: uuid.UUID, message: str) -> RestorationJob | None:
+        """PROCESSING -> FAILED whichever attempt holds it: for a run Celery stopped from outside."""
+        return await self._transition(
+            and_(RestorationJob.id == job_id, RestorationJob.status == JobStatus.PROCESSING),
+            status=JobStatus.FAILED,
+            error_message=message,
+            finished_at=utcnow(),
+            heartbeat_at=None,
+        )
+
     # --- helpers
 
     @staticmethod

@@ -100,6 +100,7 @@ class S3Storage:
                 retries={"max_attempts": settings.s3_max_attempts, "mode": "standard"},
                 # Path-style addressing works with every S3-compatible server.
                 s3={"addressing_style": "path"},
+                signature_version="s3v4",
             ),
         )
 

@@ -17,7 +17,9 @@ pytestmark = pytest.mark.anyio
 URL = "/api/v1/restorations"
 
 
-def upload(data: bytes, filename: str = "photo.bin", content_type: str = "application/octet-stream"):
+def upload(
+    data: bytes, filename: str = "photo.bin", content_type: str = "application/octet-stream"
+):
     return {"file": (filename, data, content_type)}
 
 
@@ -25,12 +27,15 @@ async def count_jobs(session: AsyncSession) -> int:
     return await session.scalar(select(func.count()).select_from(RestorationJob)) or 0
 
 
-@pytest.mark.parametrize(("fmt", "content_type", "extension"), [
-    ("JPEG", "image/jpeg", "jpg"),
-    ("PNG", "image/png", "png"),
-    ("WEBP", "image/webp", "webp"),
-    ("TIFF", "image/tiff", "tiff"),
-])
+@pytest.mark.parametrize(
+    ("fmt", "content_type", "extension"),
+    [
+        ("JPEG", "image/jpeg", "jpg"),
+        ("PNG", "image/png", "png"),
+        ("WEBP", "image/webp", "webp"),
+        ("TIFF", "image/tiff", "tiff"),
+    ],
+)
 async def test_accepts_each_format_stores_original_and_enqueues(
     client: httpx.AsyncClient,
     alice: Account,
@@ -44,7 +49,9 @@ async def test_accepts_each_format_stores_original_and_enqueues(
 ) -> None:
     data = images.make_image(fmt, (64, 48))
     # A misleading filename and Content-Type: only the bytes count.
-    response = await client.post(URL, files=upload(data, "evil.exe", "text/plain"), headers=alice.headers)
+    response = await client.post(
+        URL, files=upload(data, "evil.exe", "text/plain"), headers=alice.headers
+    )
 
     assert response.status_code == 202, response.text
     body = response.json()
@@ -56,7 +63,8 @@ async def test_accepts_each_format_stores_original_and_enqueues(
     assert response.headers["location"] == f"{URL}/{job_id}"
 
     job = await session.get(RestorationJob, job_id)
-    assert job is not None and job.status is JobStatus.PENDING
+    assert job is not None
+    assert job.status is JobStatus.PENDING
     assert job.user_id == alice.user.id
     assert job.original_key == f"originals/{alice.user.id}/{job_id}.{extension}"
     stored = s3_client.get_object(Bucket=settings.s3_bucket, Key=job.original_key)
@@ -65,16 +73,21 @@ async def test_accepts_each_format_stores_original_and_enqueues(
     assert task_queue.enqueued == [job_id]
 
 
-@pytest.mark.parametrize("data", [
-    pytest.param(images.gif_image(), id="gif"),
-    pytest.param(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj", id="pdf"),
-    pytest.param(b"just some text, not an image at all", id="text"),
-    pytest.param(b"RIFF\x00\x00\x00\x00WAVEfmt ", id="riff-wave"),
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(images.gif_image(), id="gif"),
+        pytest.param(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj", id="pdf"),
+        pytest.param(b"just some text, not an image at all", id="text"),
+        pytest.param(b"RIFF\x00\x00\x00\x00WAVEfmt ", id="riff-wave"),
+    ],
+)
 async def test_refuses_other_types_with_415(
     client: httpx.AsyncClient, alice: Account, session: AsyncSession, task_queue, data: bytes
 ) -> None:
-    response = await client.post(URL, files=upload(data, "photo.png", "image/png"), headers=alice.headers)
+    response = await client.post(
+        URL, files=upload(data, "photo.png", "image/png"), headers=alice.headers
+    )
 
     assert response.status_code == 415
     assert response.json()["error"]["code"] == "unsupported_media_type"
@@ -82,16 +95,33 @@ async def test_refuses_other_types_with_415(
     assert task_queue.enqueued == []
 
 
-@pytest.mark.parametrize(("data", "code"), [
-    pytest.param(b"", "invalid_image", id="empty"),
-    pytest.param(images.truncated(images.make_image("JPEG", (300, 200))), "invalid_image", id="truncated-jpeg"),
-    pytest.param(images.truncated(images.make_image("PNG", (300, 200), seed=7)), "invalid_image", id="truncated-png"),
-    pytest.param(images.corrupt_png(), "invalid_image", id="corrupt-png"),
-    pytest.param(images.png_bomb(2000, 1000), "image_too_large", id="over-pixel-limit"),
-    pytest.param(images.png_bomb(20_000, 20_000), "image_too_large", id="decompression-bomb"),
-])
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        pytest.param(b"", "invalid_image", id="empty"),
+        pytest.param(
+            images.truncated(images.make_image("JPEG", (300, 200))),
+            "invalid_image",
+            id="truncated-jpeg",
+        ),
+        pytest.param(
+            images.truncated(images.make_image("PNG", (300, 200), seed=7)),
+            "invalid_image",
+            id="truncated-png",
+        ),
+        pytest.param(images.corrupt_png(), "invalid_image", id="corrupt-png"),
+        pytest.param(images.png_bomb(2000, 1000), "image_too_large", id="over-pixel-limit"),
+        pytest.param(images.png_bomb(20_000, 20_000), "image_too_large", id="decompression-bomb"),
+    ],
+)
 async def test_refuses_broken_or_oversized_images_with_422(
-    client: httpx.AsyncClient, alice: Account, session: AsyncSession, s3_client, settings, data: bytes, code: str
+    client: httpx.AsyncClient,
+    alice: Account,
+    session: AsyncSession,
+    s3_client,
+    settings,
+    data: bytes,
+    code: str,
 ) -> None:
     response = await client.post(URL, files=upload(data), headers=alice.headers)
 
@@ -143,17 +173,33 @@ async def test_size_limit_holds_while_streaming_without_content_length(
     assert chunks_sent < total_chunks
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    pytest.param({"files": {"note": (None, "no file here")}}, "required", id="missing-file-field"),
-    pytest.param({"data": {"note": "urlencoded"}}, "multipart", id="urlencoded-form"),
-    pytest.param({"files": {"image": ("a.png", images.make_image(), "image/png")}}, "required", id="wrong-field-name"),
-    pytest.param({"content": b"raw bytes", "headers": {"Content-Type": "image/png"}}, "multipart", id="not-multipart"),
-    pytest.param(
-        {"content": b"--x\r\ngarbage", "headers": {"Content-Type": "multipart/form-data; boundary=x"}},
-        "",
-        id="malformed-multipart",
-    ),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        pytest.param(
+            {"files": {"note": (None, "no file here")}}, "required", id="missing-file-field"
+        ),
+        pytest.param({"data": {"note": "urlencoded"}}, "multipart", id="urlencoded-form"),
+        pytest.param(
+            {"files": {"image": ("a.png", images.make_image(), "image/png")}},
+            "required",
+            id="wrong-field-name",
+        ),
+        pytest.param(
+            {"content": b"raw bytes", "headers": {"Content-Type": "image/png"}},
+            "multipart",
+            id="not-multipart",
+        ),
+        pytest.param(
+            {
+                "content": b"--x\r\ngarbage",
+                "headers": {"Content-Type": "multipart/form-data; boundary=x"},
+            },
+            "",
+            id="malformed-multipart",
+        ),
+    ],
+)
 async def test_refuses_malformed_requests_with_422(
     client: httpx.AsyncClient, alice: Account, kwargs: dict, message: str
 ) -> None:
@@ -167,7 +213,12 @@ async def test_refuses_malformed_requests_with_422(
 
 
 async def test_storage_failure_answers_503_and_leaves_no_job(
-    client: httpx.AsyncClient, alice: Account, session: AsyncSession, storage, task_queue, monkeypatch
+    client: httpx.AsyncClient,
+    alice: Account,
+    session: AsyncSession,
+    storage,
+    task_queue,
+    monkeypatch,
 ) -> None:
     async def broken_upload(*args, **kwargs):
         raise StorageTransientError("S3 upload failed: EndpointConnectionError")
@@ -189,7 +240,9 @@ async def test_enqueue_failure_answers_503_and_marks_the_job_failed(
     assert response.status_code == 503
     error = response.json()["error"]
     assert error["code"] == "queue_unavailable"
-    job = await session.get(RestorationJob, uuid.UUID(error["details"]["job_id"]), populate_existing=True)
+    job = await session.get(
+        RestorationJob, uuid.UUID(error["details"]["job_id"]), populate_existing=True
+    )
     assert job is not None
     assert job.status is JobStatus.FAILED
     assert "Could not queue the job" in (job.error_message or "")
@@ -215,8 +268,12 @@ async def test_idempotency_keys_are_per_user(
     client: httpx.AsyncClient, alice: Account, bob: Account, session: AsyncSession
 ) -> None:
     key = {"Idempotency-Key": "same-key"}
-    mine = await client.post(URL, files=upload(images.make_image()), headers={**alice.headers, **key})
-    theirs = await client.post(URL, files=upload(images.make_image()), headers={**bob.headers, **key})
+    mine = await client.post(
+        URL, files=upload(images.make_image()), headers={**alice.headers, **key}
+    )
+    theirs = await client.post(
+        URL, files=upload(images.make_image()), headers={**bob.headers, **key}
+    )
 
     assert mine.status_code == theirs.status_code == 202
     assert mine.json()["id"] != theirs.json()["id"]

@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/restorations", tags=["restorations"])
 
 UPLOAD_FIELD = "file"
+MAX_PAGE_SIZE = 100
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (401, 404, 413, 415, 422, 503)
 }
@@ -144,11 +145,9 @@ async def create_restoration(
 async def list_restorations(
     user: CurrentUser,
     service: RestorationServiceDep,
-    settings: SettingsDep,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 20,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> RestorationJobPage:
-    limit = min(limit, settings.page_size_max)
     jobs, total = await service.list(user, limit=limit, offset=offset)
     return RestorationJobPage(
         items=[RestorationJobOut.model_validate(job) for job in jobs],

@@ -44,6 +44,21 @@ class Result(StrEnum):
     RETRY = "retry"
 
 
+class JobDatabaseError(Exception):
+    """The database failed during a run; the task retries it.
+
+    `attempt` is the attempt whose lease the run holds (the one it claimed, else the one it was
+    handed), so the retry can take the job back at once instead of waiting for the lease to expire.
+    """
+
+    def __init__(self, message: str, attempt: int | None) -> None:
+        super().__init__(message, attempt)
+        self.attempt = attempt
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 @dataclass(frozen=True)
 class Outcome:
     result: Result
@@ -120,19 +135,29 @@ async def _finish(
 async def process_job(
     ctx: WorkerContext, job_id: uuid.UUID, *, held_attempt: int | None = None
 ) -> Outcome:
-    """One attempt at one job. Database errors propagate: the task retries them."""
+    """One attempt at one job. Database errors propagate as `JobDatabaseError`: the task retries them."""
     settings = ctx.settings
-    async with session_scope(ctx.session_factory) as session:
-        job = await RestorationJobRepository(session).claim(
-            job_id,
-            lease_expired_before=utcnow() - timedelta(seconds=settings.task_lease_seconds),
-            held_attempt=held_attempt,
-        )
-        await session.commit()
+    try:
+        async with session_scope(ctx.session_factory) as session:
+            job = await RestorationJobRepository(session).claim(
+                job_id,
+                lease_expired_before=utcnow() - timedelta(seconds=settings.task_lease_seconds),
+                held_attempt=held_attempt,
+            )
+            await session.commit()
+    except DBAPIError as error:
+        raise JobDatabaseError(f"claiming job {job_id}: {error.orig}", held_attempt) from error
     if job is None:
         logger.info("job %s is not claimable (finished, cancelled or held); skipping", job_id)
         return Outcome(Result.SKIPPED)
+    try:
+        return await _run_attempt(ctx, job)
+    except DBAPIError as error:
+        raise JobDatabaseError(f"running job {job_id}: {error.orig}", job.attempts) from error
 
+
+async def _run_attempt(ctx: WorkerContext, job: RestorationJob) -> Outcome:
+    settings = ctx.settings
     attempt = job.attempts
     progress, stop = _Progress(), asyncio.Event()
     lease = asyncio.create_task(_keep_lease(ctx, job.id, attempt, progress, stop))
@@ -163,7 +188,9 @@ async def process_job(
                 prompt_id=restored.prompt_id,
             )
             await session.commit()
-    except ExecutionCancelled:
+    except ExecutionCancelled as error:
+        if not stop.is_set():  # not our doing: someone interrupted ComfyUI, the job must end
+            return await _finish(ctx, job, attempt, error)
         return Outcome(Result.CANCELLED, attempt)
     except (ComfyUIError, s3.StorageError) as error:
         return await _finish(ctx, job, attempt, error)
@@ -176,7 +203,9 @@ async def process_job(
         raise
     except Exception as error:
         logger.exception("job %s: unexpected error", job.id)
-        return await _finish(ctx, job, attempt, RuntimeError(f"Internal error: {error}"))
+        # The log has the details; the job's message, which users read, does not.
+        internal = RuntimeError(f"Internal error ({type(error).__name__}); see the worker log.")
+        return await _finish(ctx, job, attempt, internal)
     finally:
         lease.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -195,13 +224,19 @@ async def run_job(settings: Settings, job_id: uuid.UUID, held_attempt: int | Non
         return await process_job(ctx, job_id, held_attempt=held_attempt)
 
 
+async def fail_overdue_job(settings: Settings, job_id: uuid.UUID, message: str) -> None:
+    async with context_factory(settings) as ctx, session_scope(ctx.session_factory) as session:
+        await RestorationJobRepository(session).fail_processing(job_id, message)
+        await session.commit()
+
+
 @celery_app.task(bind=True, name=RESTORE_TASK, max_retries=None)
 def restore_image(self: Task[Any, str], job_id: str, held_attempt: int | None = None) -> str:
     settings = get_settings()
     job_uuid = uuid.UUID(job_id)
     try:
         outcome = asyncio.run(run_job(settings, job_uuid, held_attempt))
-    except DBAPIError as error:
+    except JobDatabaseError as error:
         # The database is away: try again later, holding on to our lease if we had one.
         if self.request.retries >= settings.task_max_retries:
             logger.error("job %s: database unavailable, giving up: %s", job_id, error)
@@ -209,8 +244,15 @@ def restore_image(self: Task[Any, str], job_id: str, held_attempt: int | None = 
         delay = backoff_seconds(self.request.retries + 1, settings)
         logger.warning("job %s: database unavailable, retrying in %.0f s", job_id, delay)
         raise self.retry(
-            countdown=delay, exc=error, kwargs={"held_attempt": held_attempt}
+            countdown=delay, exc=error, kwargs={"held_attempt": error.attempt}
         ) from error
+    except SoftTimeLimitExceeded:
+        # Celery raises this from a signal handler, so it can surface outside process_job (in the
+        # event loop itself): record the failure here too, or the job would stay PROCESSING.
+        limit = settings.task_soft_time_limit_seconds
+        logger.error("job %s exceeded the soft time limit of %s s", job_id, limit)
+        asyncio.run(fail_overdue_job(settings, job_uuid, f"The job took longer than {limit:g} s."))
+        return Result.FAILED.value
     if outcome.result is Result.RETRY:
         assert outcome.retry_in is not None
         raise self.retry(countdown=outcome.retry_in, kwargs={"held_attempt": outcome.attempt})

@@ -1,0 +1,122 @@
+"""Sessions for every tier. `nox` alone runs the default list; `nox -s unit -- -k upload` passes pytest args.
+
+Each test session writes parallel coverage data under reports/coverage/ and JUnit XML under
+reports/junit/; `nox -s coverage` combines whatever data exists into one report.
+"""
+
+import os
+from pathlib import Path
+
+import nox
+
+nox.needs_version = ">=2024.4.15"
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.reuse_venv = "yes"
+nox.options.error_on_missing_interpreters = True
+nox.options.sessions = ["lint", "typecheck", "unit", "coverage"]
+
+ROOT = Path(__file__).parent
+PYPROJECT = nox.project.load_toml("pyproject.toml")
+PYTHONS = ["3.11", "3.12", "3.13"]
+REPORTS = ROOT / "reports"
+
+
+def install(session: nox.Session, *groups: str, editable: bool = True) -> None:
+    """The project (editable, so coverage maps to backend/app) plus the named dependency groups."""
+    project = ["-e", "."] if editable else []
+    session.install(*project, *nox.project.dependency_groups(PYPROJECT, *groups))
+
+
+def run_tier(
+    session: nox.Session, tier: str, *pytest_args: str, env: dict[str, str] | None = None
+) -> None:
+    """Run one tier under coverage; the session's posargs go to pytest last, so they win."""
+    (REPORTS / "coverage").mkdir(parents=True, exist_ok=True)
+    (REPORTS / "junit").mkdir(parents=True, exist_ok=True)
+    session.run(
+        "python",
+        "-m",
+        "coverage",
+        "run",
+        "-m",
+        "pytest",
+        f"tests/{tier}",
+        f"--junitxml={REPORTS / 'junit' / f'{tier}.xml'}",
+        *pytest_args,
+        *session.posargs,
+        # Each tier's data files carry its name, so CI can upload them per tier and shard.
+        env={"COVERAGE_FILE": str(REPORTS / "coverage" / f".coverage.{tier}"), **(env or {})},
+    )
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and format check."""
+    install(session, "lint", editable=False)
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on backend/app."""
+    install(session, "typecheck")
+    session.run("mypy")
+
+
+@nox.session(python=PYTHONS if os.environ.get("NOX_ALL_PYTHONS") else None)
+def unit(session: nox.Session) -> None:
+    """No network, no servers; parallel with xdist."""
+    install(session, "test")
+    run_tier(session, "unit", "-n", "auto")
+
+
+@nox.session
+def gpu(session: nox.Session) -> None:
+    """The contract suite and our workflows on real photos, against the ComfyUI at COMFYUI_URL.
+
+    Never starts a ComfyUI and never passes by skipping: an unset or unreachable COMFYUI_URL fails
+    the session before anything is installed. Not in the default list. Reports go to
+    reports/gpu/gpu-report.{json,html}; see tests/gpu/conftest.py for the other variables.
+    """
+    import json
+    import urllib.error
+    import urllib.request
+
+    url = os.environ.get("COMFYUI_URL", "").strip()
+    if not url:
+        session.error(
+            "COMFYUI_URL is not set: the gpu tier runs against a real ComfyUI host, "
+            "e.g. COMFYUI_URL=http://gpu-runner:8188 nox -s gpu"
+        )
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/system_stats", timeout=10) as response:
+            stats = json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        session.error(f"ComfyUI at COMFYUI_URL={url} is unreachable: GET /system_stats: {exc}")
+    if not isinstance(stats, dict) or "comfyui_version" not in stats.get("system", {}):
+        session.error(f"COMFYUI_URL={url} is not a ComfyUI host: /system_stats lacks its version")
+    session.log(f"ComfyUI {stats['system']['comfyui_version']} at {url}")
+    install(session, "gpu")
+    # No xdist: one host runs one prompt at a time, and the latencies are per image.
+    run_tier(session, "gpu", env={"COMFYUI_URL": url})
+
+
+@nox.session
+def coverage(session: nox.Session) -> None:
+    """Combine every tier's data: terminal, HTML, XML and a markdown summary; fail under the threshold."""
+    install(session, "test")
+    data = REPORTS / "coverage"
+    if not any(data.glob(".coverage.*")):
+        session.error(
+            "No coverage data under reports/coverage/: run a test session first (e.g. nox -s unit)."
+        )
+    env = {"COVERAGE_FILE": str(data / ".coverage")}
+    session.run("coverage", "combine", "--keep", "--quiet", str(data), env=env)
+    session.run("coverage", "html", "-d", str(REPORTS / "htmlcov"), "--fail-under=0", env=env)
+    session.run("coverage", "xml", "-o", str(REPORTS / "coverage.xml"), "--fail-under=0", env=env)
+    with (REPORTS / "coverage.md").open("w") as summary:
+        session.run(
+            "coverage", "report", "--format=markdown", "--fail-under=0", env=env, stdout=summary
+        )
+    session.run("coverage", "report", env=env)

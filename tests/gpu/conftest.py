@@ -1,0 +1,145 @@
+"""GPU tier: against the real ComfyUI host named by `COMFYUI_URL`; never a stand-in, never skipped.
+
+When gpu tests are selected and `COMFYUI_URL` is unset or its `/system_stats` does not answer,
+the run stops before the first test with a message saying so (exit code 4): this tier never passes
+by skipping everything, and it never starts a ComfyUI of its own.
+
+Environment:
+- `COMFYUI_URL` (required): the host, e.g. `http://gpu-runner:8188`.
+- `COMFYUI_SCALE`, `COMFYUI_UPSCALE_MODEL`: as for the app (`app.core.config.Settings`).
+- `COMFYUI_UPSCALE_MODEL_SCALE` (default 2): the factor of that model, the expected scale of
+  the model workflow.
+- `PHOTOS_MAX_SIDE` (default 512): the longest side of the degraded photos (`fixtures.photos`).
+
+Run it without xdist: one host runs one prompt at a time, and the latency figures are per image.
+Reports go to `reports/gpu/gpu-report.{json,html}`; the terminal summary prints the latency table.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.gpu.gpu_reporting import GpuReport
+
+URL_ENV = "COMFYUI_URL"
+MODEL_SCALE_ENV = "COMFYUI_UPSCALE_MODEL_SCALE"
+HERE = Path(__file__).resolve().parent
+REPORT_DIR = HERE.parents[1] / "reports" / "gpu"
+_REPORT = pytest.StashKey[GpuReport]()
+_WRITTEN = pytest.StashKey[tuple[Path, Path]]()
+
+
+def probe(url: str) -> tuple[dict[str, Any] | None, str | None]:
+    """`(system_stats, None)` when the host answers like ComfyUI, else `(None, why not)`."""
+    try:
+        response = httpx.get(f"{url.rstrip('/')}/system_stats", timeout=10.0)
+    except httpx.HTTPError as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+    if response.status_code != 200:
+        return None, f"GET /system_stats answered {response.status_code}"
+    try:
+        stats = response.json()
+    except ValueError:
+        return None, "GET /system_stats did not answer JSON"
+    if not isinstance(stats, dict) or "comfyui_version" not in stats.get("system", {}):
+        return None, "GET /system_stats has no system.comfyui_version: not a ComfyUI host"
+    return stats, None
+
+
+def queue_lengths(url: str) -> dict[str, int]:
+    """How many prompts run and wait on the host now (empty when /queue does not answer)."""
+    try:
+        queue = httpx.get(f"{url.rstrip('/')}/queue", timeout=10.0).json()
+        return {key: len(queue[key]) for key in ("queue_running", "queue_pending")}
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _selects_gpu_tests(session: pytest.Session) -> bool:
+    return any(Path(item.path).is_relative_to(HERE) for item in session.items)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Fail the whole run, before any test, when the host is missing."""
+    if session.config.option.collectonly or not _selects_gpu_tests(session):
+        return
+    url = os.environ.get(URL_ENV, "").strip()
+    if not url:
+        pytest.exit(
+            f"gpu tier: {URL_ENV} is not set. These tests run against a real ComfyUI host, "
+            f"e.g. {URL_ENV}=http://gpu-runner:8188 nox -s gpu",
+            returncode=pytest.ExitCode.USAGE_ERROR,
+        )
+    stats, problem = probe(url)
+    if stats is None:
+        pytest.exit(
+            f"gpu tier: the ComfyUI host {URL_ENV}={url} is unreachable ({problem}). "
+            "Start it or point COMFYUI_URL at a running one; this tier never starts one itself.",
+            returncode=pytest.ExitCode.USAGE_ERROR,
+        )
+    session.config.stash[_REPORT] = GpuReport(
+        comfyui_url=url.rstrip("/"),
+        system_stats=stats,
+        queue_at_start=queue_lengths(url),
+        config={
+            "COMFYUI_SCALE (core workflow)": os.environ.get("COMFYUI_SCALE", "2.0 (default)"),
+            "COMFYUI_UPSCALE_MODEL": os.environ.get(
+                "COMFYUI_UPSCALE_MODEL", "tiny_compact_x2.safetensors (default)"
+            ),
+            f"{MODEL_SCALE_ENV} (model workflow)": os.environ.get(MODEL_SCALE_ENV, "2 (default)"),
+            "PHOTOS_MAX_SIDE": os.environ.get("PHOTOS_MAX_SIDE", "512 (default)"),
+        },
+    )
+
+
+@pytest.fixture(scope="session")
+def gpu_report(pytestconfig: pytest.Config) -> GpuReport:
+    return pytestconfig.stash[_REPORT]
+
+
+@pytest.fixture(scope="session")
+def comfyui_url(gpu_report: GpuReport) -> str:
+    return gpu_report.comfyui_url
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    report = session.config.stash.get(_REPORT, None)
+    if report is not None and (report.records or report.skipped):
+        session.config.stash[_WRITTEN] = report.write(REPORT_DIR)
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
+) -> None:
+    report = config.stash.get(_REPORT, None)
+    if report is None:
+        return
+    write = terminalreporter.write_line
+    terminalreporter.write_sep(
+        "=", f"gpu tier: ComfyUI {report.version} at {report.comfyui_url} on {report.device_names}"
+    )
+    if report.host_was_busy:
+        write(
+            f"WARNING: other prompts were queued on the host when the run began "
+            f"({report.queue_at_start}): the latencies include waiting for them"
+        )
+    for workflow, seconds in report.warmups.items():
+        write(f"warm-up {workflow}: {seconds:.3f} s (not in the table)")
+    if report.records:
+        for line in report.latency_table():
+            write(line)
+    for item in report.skipped:
+        write(f"SKIPPED {item['test']}: {item['reason']}")
+    written = config.stash.get(_WRITTEN, None)
+    if written is not None:
+        write(f"reports: {written[0]}  {written[1]}")

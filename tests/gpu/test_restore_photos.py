@@ -1,0 +1,167 @@
+"""Our real workflows, through `ComfyUIService.restore()`, on degraded real photos.
+
+The core workflow always runs; the model workflow runs when the host lists the configured upscale
+model (`COMFYUI_UPSCALE_MODEL`) and is otherwise skipped with a message naming it. Expected scale:
+`COMFYUI_SCALE` for the core workflow, `COMFYUI_UPSCALE_MODEL_SCALE` (default 2) for the model one.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.core.config import Settings, WorkflowName
+from app.services.comfyui import ComfyUIService, RestoredImage
+from fixtures.photos import DEFAULT_PHOTOS, DegradedPhoto, degraded_photos
+from tests.gpu.gpu_reporting import GpuReport, RestorationRecord, thumbnail_data_uri
+
+pytestmark = pytest.mark.anyio
+
+# The output must differ from the input resized to its size by more than this (0..255 levels),
+MIN_MEAN_ABS_DIFF = 0.5
+# must not be blank (pixel standard deviation, 0..255),
+MIN_STD_DEV = 8.0
+# and must still be the same photo (luminance correlation with the resized input; the random-weight
+# test models on the CPU host reach 0.8, restorations of the photo well above, noise about 0).
+MIN_CORRELATION = 0.5
+
+MODEL_SCALE_ENV = "COMFYUI_UPSCALE_MODEL_SCALE"
+
+CASES = [(workflow, photo) for workflow in WorkflowName for photo in DEFAULT_PHOTOS]
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict[str, DegradedPhoto]:
+    return {photo.name: photo for photo in degraded_photos()}
+
+
+@pytest.fixture(scope="session")
+def settings(comfyui_url: str) -> Settings:
+    return Settings(_env_file=None, comfyui_url=comfyui_url)  # type: ignore[call-arg]
+
+
+def model_scale() -> float:
+    """The factor of the configured upscale model: the model workflow's expected scale."""
+    value = os.environ.get(MODEL_SCALE_ENV, "").strip()
+    return float(value) if value else 2.0
+
+
+def server_seconds(entry: dict[str, Any] | None) -> float | None:
+    """execution_start -> execution_success of a history entry, from ComfyUI's own timestamps."""
+    if entry is None:
+        return None
+    stamps = {kind: data.get("timestamp") for kind, data in entry["status"]["messages"]}
+    start, end = stamps.get("execution_start"), stamps.get("execution_success")
+    if not isinstance(start, int | float) or not isinstance(end, int | float):
+        return None
+    return (end - start) / 1000
+
+
+def rgb(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.float32)
+
+
+async def restore(
+    service: ComfyUIService, settings: Settings, workflow: WorkflowName, photo: DegradedPhoto
+) -> tuple[RestoredImage, float]:
+    start = time.perf_counter()
+    restored = await service.restore(
+        job_id=uuid.uuid4(),
+        attempt=1,
+        image=photo.png,
+        extension="png",
+        workflow=workflow,
+        scale=settings.comfyui_scale,
+        upscale_model=settings.comfyui_upscale_model,
+    )
+    return restored, time.perf_counter() - start
+
+
+@pytest.mark.parametrize(
+    ("workflow", "photo_name"), CASES, ids=[f"{w.value}-{p}" for w, p in CASES]
+)
+async def test_restore_degraded_photo(
+    workflow: WorkflowName,
+    photo_name: str,
+    photos: dict[str, DegradedPhoto],
+    settings: Settings,
+    gpu_report: GpuReport,
+    request: pytest.FixtureRequest,
+) -> None:
+    photo = photos[photo_name]
+    async with ComfyUIService.from_settings(settings) as service:
+        if workflow is WorkflowName.MODEL_UPSCALE:
+            model = settings.comfyui_upscale_model
+            listed = await service.client.upscale_models()
+            if model not in listed:
+                reason = (
+                    f"upscale model {model!r} (COMFYUI_UPSCALE_MODEL) is not listed by "
+                    f"{settings.comfyui_url}/models/upscale_models (host has: {listed})"
+                )
+                gpu_report.skip(request.node.nodeid, reason)
+                pytest.skip(reason)
+            scale = model_scale()
+        else:
+            scale = settings.comfyui_scale
+
+        if workflow.value not in gpu_report.warmups:
+            # The first prompt of a workflow pays for warm-up and model loading: not timed.
+            _, seconds = await restore(service, settings, workflow, photo)
+            gpu_report.warmups[workflow.value] = round(seconds, 4)
+
+        restored, latency = await restore(service, settings, workflow, photo)
+        entry = await service.client.history(restored.prompt_id)
+
+    expected = (round(photo.width * scale), round(photo.height * scale))
+    assert (restored.width, restored.height) == expected, (
+        f"{photo.width}x{photo.height} x {scale:g} should give {expected[0]}x{expected[1]}"
+    )
+    with Image.open(io.BytesIO(restored.data)) as image:
+        assert image.format == "PNG"
+        assert image.size == expected
+        image.load()  # the whole file decodes
+    output = rgb(restored.data)
+    with Image.open(io.BytesIO(photo.png)) as original:
+        resized = np.asarray(
+            original.convert("RGB").resize(expected, Image.Resampling.LANCZOS), dtype=np.float32
+        )
+    mean_abs_diff = float(np.abs(output - resized).mean())
+    std_dev = float(output.std())
+    correlation = float(
+        np.corrcoef(output.mean(axis=2).ravel(), resized.mean(axis=2).ravel())[0, 1]
+    )
+
+    gpu_report.records.append(
+        RestorationRecord(
+            workflow=workflow.value,
+            upscale_model=settings.comfyui_upscale_model
+            if workflow is WorkflowName.MODEL_UPSCALE
+            else None,
+            photo=photo.name,
+            seed=photo.seed,
+            input_size=(photo.width, photo.height),
+            output_size=(restored.width, restored.height),
+            scale=scale,
+            latency_s=round(latency, 4),
+            server_s=server_seconds(entry),
+            output_bytes=len(restored.data),
+            mean_abs_diff=round(mean_abs_diff, 3),
+            std_dev=round(std_dev, 3),
+            correlation=round(correlation, 4),
+            prompt_id=restored.prompt_id,
+            photo_metadata=photo.metadata(),
+            before=thumbnail_data_uri(photo.png),
+            after=thumbnail_data_uri(restored.data),
+        )
+    )
+    assert mean_abs_diff > MIN_MEAN_ABS_DIFF, f"output equals the resized input ({mean_abs_diff=})"
+    assert std_dev > MIN_STD_DEV, f"output is blank ({std_dev=})"
+    assert correlation > MIN_CORRELATION, f"output is not the photo any more ({correlation=})"

@@ -1,0 +1,73 @@
+"""The Celery app: settings for long jobs that must never be lost, all derived from `Settings`."""
+
+import pytest
+
+from app.core.config import Settings
+from app.workers.celery_app import celery_app, create_celery_app
+from app.workers.queue import RESTORE_TASK
+from app.workers.tasks import restoration as task_module
+
+
+def test_jobs_are_acknowledged_late_and_handed_back_when_a_worker_dies(
+    settings: Settings,
+) -> None:
+    conf = create_celery_app(settings).conf
+
+    assert conf.task_acks_late is True
+    assert conf.task_reject_on_worker_lost is True
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.task_ignore_result is True
+    assert (conf.task_serializer, list(conf.accept_content)) == ("json", ["json"])
+
+
+def test_broker_and_queue_come_from_settings(settings: Settings) -> None:
+    custom = settings.model_copy(
+        update={"redis_url": "redis://broker.invalid:6380/3", "celery_queue": "photos"}
+    )
+
+    conf = create_celery_app(custom).conf
+
+    assert conf.broker_url == "redis://broker.invalid:6380/3"
+    assert conf.task_default_queue == "photos"
+    assert conf.broker_connection_timeout == custom.broker_connect_timeout_seconds
+    options = conf.broker_transport_options
+    assert options["socket_connect_timeout"] == custom.broker_connect_timeout_seconds
+    assert options["socket_timeout"] == custom.broker_connect_timeout_seconds
+
+
+@pytest.mark.parametrize("comfyui_timeout", [600.0, 30.0, 3600.0])
+def test_limits_are_derived_from_the_comfyui_timeout_in_order(comfyui_timeout: float) -> None:
+    settings = Settings(_env_file=None, comfyui_job_timeout_seconds=comfyui_timeout)  # type: ignore[call-arg]
+
+    conf = create_celery_app(settings).conf
+    soft, hard = conf.task_soft_time_limit, conf.task_time_limit
+    visibility = conf.broker_transport_options["visibility_timeout"]
+
+    # ComfyUI times out (and is interrupted) first, then the soft limit, then the hard one;
+    # Redis redelivers an unacknowledged job only after all of them.
+    assert visibility > hard > soft > comfyui_timeout
+    assert (soft, hard, visibility) == (
+        settings.task_soft_time_limit_seconds,
+        settings.task_time_limit_seconds,
+        settings.broker_visibility_timeout_seconds,
+    )
+
+
+def test_explicit_limits_are_used_as_given() -> None:
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        task_soft_time_limit_seconds=100,
+        task_time_limit_seconds=200,
+        broker_visibility_timeout_seconds=7200,
+    )
+
+    conf = create_celery_app(settings).conf
+
+    assert (conf.task_soft_time_limit, conf.task_time_limit) == (100, 200)
+    assert conf.broker_transport_options["visibility_timeout"] == 7200
+
+
+def test_the_restoration_task_is_registered_under_the_name_the_api_sends() -> None:
+    assert "app.workers.tasks.restoration" in celery_app.conf.include
+    assert celery_app.tasks[RESTORE_TASK] is task_module.restore_image
+    assert task_module.restore_image.max_retries is None  # the task counts its own retries
