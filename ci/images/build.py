@@ -1,0 +1,253 @@
+#!/usr/bin/env python3
+"""Builds the offline stand-in images for Postgres, Redis and S3 (see README.md).
+
+No registry is reachable in CI here, so the base comes from Debian's mirror (mmdebstrap, then
+`docker import`), the services from Debian's packages, and Python wheels from the host's pip.
+Every image carries a label with a hash of its recipe; an image already built from the same
+recipe is skipped, so running this again is cheap. Needs only the standard library, the docker
+CLI, mmdebstrap and pip (run ci/docker.sh first on a bare machine).
+"""
+
+# A build script: it runs fixed tools (docker, mmdebstrap, pip) found on PATH, never user input.
+# ruff: noqa: S603, S607
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CACHE = HERE / ".cache"
+RECIPE_LABEL = "org.restoration.recipe"
+SUITE = "bookworm"
+BASE_IMAGE = f"restoration-offline/debian:{SUITE}"
+# Debian bookworm's python3, which the S3 image installs the wheels into.
+IMAGE_PYTHON = "3.11"
+GLIBC_MINOR = 36
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """One stand-in image: its folder under ci/images and the env var that selects it."""
+
+    key: str
+    name: str
+    env_var: str
+    needs_wheels: bool = False
+
+    @property
+    def directory(self) -> Path:
+        return HERE / self.key
+
+
+IMAGES = (
+    ImageSpec("postgres", f"restoration-offline/postgres:15-{SUITE}", "TEST_POSTGRES_IMAGE"),
+    ImageSpec("redis", f"restoration-offline/redis:7-{SUITE}", "TEST_REDIS_IMAGE"),
+    ImageSpec("s3", f"restoration-offline/s3-moto:5-{SUITE}", "TEST_S3_IMAGE", needs_wheels=True),
+)
+
+
+def log(message: str) -> None:
+    print(f"[images] {message}", flush=True)
+
+
+def run(command: Sequence[str], *, prefix: str, env: dict[str, str] | None = None) -> None:
+    """Runs a command, streaming its output line by line so that long builds show progress."""
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        print(f"  {prefix}| {line.rstrip()}", flush=True)
+    if process.wait() != 0:
+        raise SystemExit(f"[images] failed ({process.returncode}): {' '.join(command)}")
+
+
+def capture(command: Sequence[str]) -> str:
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def built_recipe(image: str) -> str | None:
+    """The recipe hash an existing image was built from, or None when there is no such image."""
+    label_format = f'{{{{ index .Config.Labels "{RECIPE_LABEL}" }}}}'
+    result = subprocess.run(
+        ["docker", "image", "inspect", "--format", label_format, image],
+        capture_output=True,
+        text=True,
+    )
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def digest(*parts: str | bytes) -> str:
+    hasher = hashlib.sha256()
+    for part in parts:
+        data = part.encode() if isinstance(part, str) else part
+        hasher.update(len(data).to_bytes(8, "big"))
+        hasher.update(data)
+    return hasher.hexdigest()[:16]
+
+
+def folder_digest(folder: Path) -> str:
+    """Hash of every file's relative name and content, so any edit to a recipe rebuilds it."""
+    parts: list[str | bytes] = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        parts += [str(path.relative_to(folder)), path.read_bytes()]
+    return digest(*parts)
+
+
+def ensure_docker() -> str:
+    try:
+        return capture(["docker", "version", "--format", "{{.Server.Arch}}"])
+    except (OSError, subprocess.CalledProcessError):
+        raise SystemExit("[images] no Docker daemon answers: run ci/docker.sh first") from None
+
+
+def build_base(rebuild: bool) -> str:
+    """Debian minbase from the mirror, imported as an image; returns its recipe hash."""
+    recipe = digest("mmdebstrap", "--variant=minbase", SUITE)
+    if not rebuild and built_recipe(BASE_IMAGE) == recipe:
+        log(f"{BASE_IMAGE}: up to date, skipped")
+        return recipe
+    if shutil.which("mmdebstrap") is None:
+        raise SystemExit("[images] mmdebstrap is missing: run ci/docker.sh, which installs it")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    rootfs = CACHE / f"rootfs-{SUITE}.tar"
+    log(f"{BASE_IMAGE}: mmdebstrap --variant=minbase {SUITE}")
+    run(["mmdebstrap", "--variant=minbase", SUITE, str(rootfs)], prefix="mmdebstrap")
+    log(f"{BASE_IMAGE}: docker import")
+    run(
+        [
+            "docker",
+            "import",
+            "--change",
+            f"LABEL {RECIPE_LABEL}={recipe}",
+            "--change",
+            'CMD ["bash"]',
+            str(rootfs),
+            BASE_IMAGE,
+        ],
+        prefix="import",
+    )
+    rootfs.unlink()
+    return recipe
+
+
+def platform_args(docker_arch: str) -> list[str]:
+    """pip platform tags for wheels that run on Debian bookworm on the daemon's architecture."""
+    arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(docker_arch, docker_arch)
+    tags = [f"manylinux_2_{minor}_{arch}" for minor in range(17, GLIBC_MINOR + 1)]
+    tags += [f"manylinux2014_{arch}", f"linux_{arch}"]
+    return [arg for tag in tags for arg in ("--platform", tag)]
+
+
+def download_wheels(spec: ImageSpec, docker_arch: str, destination: Path) -> None:
+    """Fetches the wheels with the host's pip; skipped while the requirements are unchanged."""
+    requirements = spec.directory / "requirements.txt"
+    stamp = destination / ".requirements-digest"
+    wanted = digest(requirements.read_bytes(), docker_arch, IMAGE_PYTHON)
+    if stamp.is_file() and stamp.read_text() == wanted:
+        log(f"{spec.name}: wheels cached in {destination.relative_to(HERE)}")
+        return
+    shutil.rmtree(destination, ignore_errors=True)
+    destination.mkdir(parents=True)
+    log(f"{spec.name}: pip download -r {requirements.relative_to(HERE)}")
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--disable-pip-version-check",
+            "--only-binary=:all:",
+            "--implementation",
+            "cp",
+            "--python-version",
+            IMAGE_PYTHON,
+            *platform_args(docker_arch),
+            "--dest",
+            str(destination),
+            "-r",
+            str(requirements),
+        ],
+        prefix="pip",
+    )
+    stamp.write_text(wanted)
+
+
+def build_image(spec: ImageSpec, base_recipe: str, docker_arch: str, rebuild: bool) -> None:
+    recipe = digest(base_recipe, folder_digest(spec.directory))
+    if not rebuild and built_recipe(spec.name) == recipe:
+        log(f"{spec.name}: up to date, skipped")
+        return
+    context = CACHE / "context" / spec.key
+    shutil.rmtree(context, ignore_errors=True)
+    shutil.copytree(spec.directory, context)
+    if spec.needs_wheels:
+        wheels = CACHE / "wheels" / spec.key
+        download_wheels(spec, docker_arch, wheels)
+        shutil.copytree(wheels, context / "wheels", ignore=shutil.ignore_patterns(".*"))
+    log(f"{spec.name}: docker build")
+    run(
+        [
+            "docker",
+            "build",
+            "--label",
+            f"{RECIPE_LABEL}={recipe}",
+            "--build-arg",
+            f"BASE_IMAGE={BASE_IMAGE}",
+            "--tag",
+            spec.name,
+            str(context),
+        ],
+        prefix=spec.key,
+        # The classic builder needs no buildx plugin and prints each step as it goes.
+        env={"DOCKER_BUILDKIT": "0"},
+    )
+    shutil.rmtree(context)
+
+
+def env_lines(specs: Sequence[ImageSpec]) -> list[str]:
+    return [f"{spec.env_var}={spec.name}" for spec in specs]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    keys = ", ".join(s.key for s in IMAGES)
+    parser.add_argument(
+        "--rebuild", action="store_true", help="build even if the recipe is unchanged"
+    )
+    parser.add_argument("--print-env", action="store_true", help="only print the env vars to use")
+    parser.add_argument("only", nargs="*", metavar="IMAGE", help=f"images to build: {keys}")
+    args = parser.parse_args(argv)
+    if unknown := set(args.only) - {s.key for s in IMAGES}:
+        parser.error(f"unknown image(s) {', '.join(sorted(unknown))}; choose from {keys}")
+    specs = [s for s in IMAGES if not args.only or s.key in args.only]
+    if args.print_env:
+        print("\n".join(env_lines(specs)))
+        return 0
+
+    started = time.monotonic()
+    docker_arch = ensure_docker()
+    base_recipe = build_base(args.rebuild)
+    for spec in specs:
+        build_image(spec, base_recipe, docker_arch, args.rebuild)
+    log(f"done in {time.monotonic() - started:.1f} s; to use these images:")
+    for line in env_lines(specs):
+        print(f"export {line}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
