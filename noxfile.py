@@ -103,6 +103,20 @@ def gpu(session: nox.Session) -> None:
 
 
 @nox.session
+def integration(session: nox.Session) -> None:
+    """Real Postgres, Redis and S3 (TEST_SERVICES=auto|docker|native|external), a real Celery
+    worker and the ComfyUI stand-in; parallel with xdist, one set of services for all workers."""
+    install(session, "integration")
+    run_tier(session, "integration", "-n", "auto")
+
+
+@nox.session(venv_backend="none")
+def images(session: nox.Session) -> None:
+    """Build the offline stand-in images (ci/images/) for machines that cannot pull images."""
+    session.run("python3", "ci/images/build.py", *session.posargs)
+
+
+@nox.session
 def coverage(session: nox.Session) -> None:
     """Combine every tier's data: terminal, HTML, XML and a markdown summary; fail under the threshold."""
     install(session, "test")

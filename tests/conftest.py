@@ -4,6 +4,10 @@ from pathlib import Path
 
 import pytest
 
+# Postgres, Redis and S3 for the tiers that ask for them; loaded here so the xdist controller
+# has it too. It starts nothing until a test requests one of its fixtures.
+pytest_plugins = ["fixtures.services.plugin"]
+
 TIERS = ("unit", "integration", "e2e", "gpu")
 TESTS_ROOT = Path(__file__).parent
 

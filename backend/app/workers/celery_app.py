@@ -6,8 +6,15 @@ from app.core.config import Settings, get_settings
 
 
 def create_celery_app(settings: Settings) -> Celery:
-    celery = Celery("restoration", broker=settings.redis_url)
+    celery = Celery("restoration")
+    configure(celery, settings)
+    return celery
+
+
+def configure(celery: Celery, settings: Settings) -> None:
+    """Apply settings to a Celery app (also to the module's app, once settings are known)."""
     celery.conf.update(
+        broker_url=settings.redis_url,
         include=["app.workers.tasks.restoration"],
         task_default_queue=settings.celery_queue,
         task_serializer="json",
@@ -31,7 +38,6 @@ def create_celery_app(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
     )
-    return celery
 
 
 celery_app = create_celery_app(get_settings())
