@@ -110,6 +110,15 @@ def integration(session: nox.Session) -> None:
     run_tier(session, "integration", "-n", "auto")
 
 
+@nox.session
+def e2e(session: nox.Session) -> None:
+    """The whole stack as processes (uvicorn, celery worker, ComfyUI stand-in) on the same
+    services as the integration tier; tests act only as HTTP clients. Coverage follows the
+    API and worker subprocesses."""
+    install(session, "e2e")
+    run_tier(session, "e2e")
+
+
 @nox.session(venv_backend="none")
 def images(session: nox.Session) -> None:
     """Build the offline stand-in images (ci/images/) for machines that cannot pull images."""

@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     task_time_limit_seconds: float | None = None
     # Redis redelivers an unacknowledged task after this: it must outlast the longest job.
     broker_visibility_timeout_seconds: float | None = None
+    # How often a worker looks for tasks whose worker died (unacknowledged past the timeout).
+    broker_restore_interval_seconds: float = Field(default=30.0, gt=0)
 
     @model_validator(mode="after")
     def _derive_limits(self) -> "Settings":

@@ -32,6 +32,9 @@ def configure(celery: Celery, settings: Settings) -> None:
         broker_transport_options={
             # Redis redelivers unacknowledged tasks after this; it outlasts the longest job.
             "visibility_timeout": settings.broker_visibility_timeout_seconds,
+            # Sweep for tasks of dead workers at this interval (kombu's default is ~100 s).
+            "unacked_restore_interval": settings.broker_restore_interval_seconds,
+            "unacked_restore_throttle": 1,
             "socket_connect_timeout": settings.broker_connect_timeout_seconds,
             "socket_timeout": settings.broker_connect_timeout_seconds,
         },

@@ -71,3 +71,12 @@ def test_the_restoration_task_is_registered_under_the_name_the_api_sends() -> No
     assert "app.workers.tasks.restoration" in celery_app.conf.include
     assert celery_app.tasks[RESTORE_TASK] is task_module.restore_image
     assert task_module.restore_image.max_retries is None  # the task counts its own retries
+
+
+def test_dead_workers_tasks_are_swept_at_the_configured_interval() -> None:
+    settings = Settings(_env_file=None, broker_restore_interval_seconds=5)  # type: ignore[call-arg]
+
+    options = create_celery_app(settings).conf.broker_transport_options
+
+    # kombu scans every `interval * throttle` seconds; throttle 1 makes the setting the period.
+    assert (options["unacked_restore_interval"], options["unacked_restore_throttle"]) == (5, 1)
