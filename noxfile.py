@@ -134,7 +134,9 @@ def coverage(session: nox.Session) -> None:
         session.error(
             "No coverage data under reports/coverage/: run a test session first (e.g. nox -s unit)."
         )
-    env = {"COVERAGE_FILE": str(data / ".coverage")}
+    # The combined file lives outside the data folder: with parallel data on, reporting from a
+    # file in that folder would erase the per-tier files beside it.
+    env = {"COVERAGE_FILE": str(REPORTS / ".coverage")}
     session.run("coverage", "combine", "--keep", "--quiet", str(data), env=env)
     session.run("coverage", "html", "-d", str(REPORTS / "htmlcov"), "--fail-under=0", env=env)
     session.run("coverage", "xml", "-o", str(REPORTS / "coverage.xml"), "--fail-under=0", env=env)

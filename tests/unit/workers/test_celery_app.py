@@ -69,7 +69,7 @@ def test_explicit_limits_are_used_as_given() -> None:
 
 def test_the_restoration_task_is_registered_under_the_name_the_api_sends() -> None:
     assert "app.workers.tasks.restoration" in celery_app.conf.include
-    assert celery_app.tasks[RESTORE_TASK] is task_module.restore_image
+    assert celery_app.tasks[RESTORE_TASK] is task_module.restore_image._get_current_object()
     assert task_module.restore_image.max_retries is None  # the task counts its own retries
 
 

@@ -688,7 +688,9 @@ def run_job(monkeypatch: pytest.MonkeyPatch) -> ScriptedRunJob:
 def retries(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """Record the keyword arguments of every `self.retry(...)`; the real one still runs."""
     recorded: list[dict[str, Any]] = []
-    task_class = type(task_module.restore_image)
+    task_class = type(
+        task_module.restore_image._get_current_object()
+    )  # the task, not its lazy proxy
     real_retry = task_class.retry
 
     def retry(self: Any, *args: Any, **kwargs: Any) -> Any:
