@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     database_url: str = "postgresql+psycopg://restoration:restoration@127.0.0.1:5432/restoration"
     database_connect_timeout_seconds: float = 3.0
     database_statement_timeout_ms: int = 5_000
+    # The longest the client waits for any one answer from the server; derived from the statement
+    # timeout when unset (see `_derive_limits` and `app.core.db.BoundedAsyncConnection`).
+    database_operation_timeout_seconds: float | None = None
 
     # --- Celery broker (Redis)
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -73,6 +76,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _derive_limits(self) -> "Settings":
+        # Past the server's own statement timeout, with a second for the answer to travel.
+        if self.database_operation_timeout_seconds is None:
+            self.database_operation_timeout_seconds = self.database_statement_timeout_ms / 1000 + 1
         # The soft limit lies past the ComfyUI timeout, so the client interrupts cleanly first.
         if self.task_soft_time_limit_seconds is None:
             self.task_soft_time_limit_seconds = self.comfyui_job_timeout_seconds + 60
