@@ -119,6 +119,16 @@ def e2e(session: nox.Session) -> None:
     run_tier(session, "e2e")
 
 
+@nox.session
+def serve(session: nox.Session) -> None:
+    """Run the whole stack here: services (as in the tiers), migrations, API, worker, ComfyUI
+    stand-in (or COMFYUI_URL). Prints the URLs and a demo token; Ctrl-C stops everything.
+    Options go after `--`, e.g. `nox -s serve -- --services native --port 8080`."""
+    install(session, "test")
+    # Ctrl-C reaches this process too: give it time to stop the stack and the services.
+    session.run("python", "-m", "fixtures.serve", *session.posargs, interrupt_timeout=120)
+
+
 @nox.session(venv_backend="none")
 def images(session: nox.Session) -> None:
     """Build the offline stand-in images (ci/images/) for machines that cannot pull images."""
