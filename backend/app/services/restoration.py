@@ -55,13 +55,16 @@ class RestorationService:
         Returns the job and whether it is new: with an Idempotency-Key seen before, the earlier job.
         No job row survives a failed upload, and no object survives a failed insert.
         """
+        # Read now: the rollback below expires every object of the session, `user` too, and
+        # reading an expired attribute reloads it synchronously, which fails on an async session.
+        user_id = user.id
         if idempotency_key is not None:
-            existing = await self.jobs.get_by_idempotency_key(user.id, idempotency_key)
+            existing = await self.jobs.get_by_idempotency_key(user_id, idempotency_key)
             if existing is not None:
                 return existing, False
 
         job_id = uuid.uuid4()
-        key = s3.original_key(user.id, job_id, image.format.extension)
+        key = s3.original_key(user_id, job_id, image.format.extension)
         try:
             await self.storage.upload(key, file, content_type=image.format.content_type)
         except s3.StorageError as error:
@@ -70,7 +73,7 @@ class RestorationService:
 
         job = RestorationJob(
             id=job_id,
-            user_id=user.id,
+            user_id=user_id,
             status=JobStatus.PENDING,
             idempotency_key=idempotency_key,
             original_key=key,
@@ -87,7 +90,7 @@ class RestorationService:
             await self.session.rollback()
             await self.discard_original(job)
             if idempotency_key is not None:
-                existing = await self.jobs.get_by_idempotency_key(user.id, idempotency_key)
+                existing = await self.jobs.get_by_idempotency_key(user_id, idempotency_key)
                 if existing is not None:
                     return existing, False
             raise
