@@ -1,0 +1,125 @@
+"""/readyz against the real dependencies: each one really failed through a TCP proxy (or a closed
+port for ComfyUI) is reported by name, with 503 for the required ones."""
+
+import time
+from collections.abc import Callable
+
+import anyio
+import httpx
+import pytest
+
+from app.core.config import Settings
+from fixtures.netproxy import TcpProxy, closed_port
+from fixtures.services import WorkerServices
+from tests.integration.conftest import (
+    ApiClient,
+    database_url_via,
+    endpoint_of,
+    redis_url_via,
+    s3_endpoint_via,
+)
+
+pytestmark = pytest.mark.anyio
+
+StartProxy = Callable[[str, int], TcpProxy]
+HANG_SECONDS = 60.0
+
+
+async def test_ready_when_every_dependency_answers(client: httpx.AsyncClient) -> None:
+    response = await client.get("/readyz")
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["status"] == "ready"
+    assert body["checks"] == {
+        name: {"ok": True, "detail": None} for name in ("database", "broker", "storage")
+    }
+    assert body["comfyui"] == {"ok": True, "detail": "ComfyUI 0.3.64"}
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+
+
+def via_proxy(settings: Settings, services: WorkerServices, name: str, port: int) -> Settings:
+    if name == "database":
+        return settings.model_copy(update={"database_url": database_url_via(settings, port)})
+    if name == "broker":
+        return settings.model_copy(update={"redis_url": redis_url_via(services, port)})
+    return settings.model_copy(update={"s3_endpoint_url": s3_endpoint_via(port)})
+
+
+def target(settings: Settings, name: str) -> tuple[str, int]:
+    url = {
+        "database": settings.database_url,
+        "broker": settings.redis_url,
+        "storage": settings.s3_endpoint_url or "",
+    }[name]
+    return endpoint_of(url)
+
+
+@pytest.mark.parametrize("name", ["database", "broker", "storage"])
+async def test_a_dependency_that_is_cut_makes_the_api_unready(
+    name: str,
+    settings: Settings,
+    services: WorkerServices,
+    api_client: ApiClient,
+    tcp_proxy: StartProxy,
+) -> None:
+    proxy = tcp_proxy(*target(settings, name))
+    async with api_client(via_proxy(settings, services, name, proxy.port)) as client:
+        assert (await client.get("/readyz")).status_code == 200
+
+        proxy.cut()
+        started = time.monotonic()
+        with anyio.fail_after(HANG_SECONDS):
+            response = await client.get("/readyz")
+        elapsed = time.monotonic() - started
+        print(f"\nreadyz with {name} cut: {response.status_code} after {elapsed:.2f} s")
+
+        assert response.status_code == 503, response.text
+        body = response.json()
+        assert body["status"] == "not_ready"
+        assert body["checks"][name]["ok"] is False
+        assert body["checks"][name]["detail"]
+        others = {other for other in body["checks"] if other != name}
+        assert all(body["checks"][other]["ok"] for other in others), body
+        assert elapsed < 5
+
+        proxy.restore()
+        assert (await client.get("/readyz")).status_code == 200
+
+
+async def test_a_paused_database_makes_the_api_unready(
+    settings: Settings, services: WorkerServices, api_client: ApiClient, tcp_proxy: StartProxy
+) -> None:
+    """The check's own 3 s limit fires; psycopg then spends up to 10 s cancelling the query on the
+    server that does not answer (5 s for the cancel request, 5 s waiting for the query to end)
+    before it gives up and closes the connection: about 13 s in all."""
+    proxy = tcp_proxy(*target(settings, "database"))
+    async with api_client(via_proxy(settings, services, "database", proxy.port)) as client:
+        assert (await client.get("/readyz")).status_code == 200
+
+        proxy.blackhole()
+        started = time.monotonic()
+        with anyio.fail_after(HANG_SECONDS):
+            response = await client.get("/readyz")
+        elapsed = time.monotonic() - started
+        print(
+            f"\nreadyz with the database blackholed: {response.status_code} after {elapsed:.2f} s"
+        )
+
+    assert response.status_code == 503
+    assert response.json()["checks"]["database"] == {"ok": False, "detail": "no answer within 3 s"}
+    assert elapsed < 20
+
+
+async def test_comfyui_down_is_reported_but_the_api_stays_ready(
+    settings: Settings, api_client: ApiClient
+) -> None:
+    app_settings = settings.model_copy(update={"comfyui_url": f"http://127.0.0.1:{closed_port()}"})
+    async with api_client(app_settings) as client:
+        response = await client.get("/readyz")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ready"
+    assert body["comfyui"]["ok"] is False
+    assert "unreachable" in body["comfyui"]["detail"]

@@ -1,0 +1,223 @@
+"""Cross-layer failures at the API, produced by really failing a service: a TCP proxy in front of
+the real Postgres, Redis or S3 (`fixtures.netproxy`), cut (connections reset, as from a crashed
+server) or blackholed (connections accepted, never answered, as by a paused one). The shared
+services themselves are never stopped: other xdist workers use them."""
+
+import time
+from collections.abc import Callable
+
+import anyio
+import pytest
+
+from app.core.config import Settings
+from fixtures import images
+from fixtures.netproxy import TcpProxy
+from fixtures.services import WorkerServices
+from tests.integration.conftest import (
+    Account,
+    ApiClient,
+    JobsTable,
+    database_url_via,
+    endpoint_of,
+    object_keys,
+    queued_messages,
+    redis_url_via,
+    s3_endpoint_via,
+)
+
+pytestmark = pytest.mark.anyio
+
+URL = "/api/v1/restorations"
+# Generous: the point is "answers, and soon", not a benchmark; the figures are printed (-s).
+QUICK_SECONDS = 10.0
+# Nothing here may take long: a hang fails the test instead of the run.
+HANG_SECONDS = 60.0
+
+StartProxy = Callable[[str, int], TcpProxy]
+
+
+def upload() -> dict:
+    return {"file": ("photo.png", images.make_image(), "image/png")}
+
+
+@pytest.mark.parametrize("failure", ["cut", "blackhole"])
+async def test_database_loss_answers_503_quickly(
+    failure: str,
+    settings: Settings,
+    alice: Account,
+    api_client: ApiClient,
+    tcp_proxy: StartProxy,
+) -> None:
+    """A pooled connection to a server that stopped answering: the app's per-operation deadline
+    (`DATABASE_OPERATION_TIMEOUT_SECONDS`) ends the pre-ping, the reconnect ends at
+    `connect_timeout`; a reset connection fails at once."""
+    proxy = tcp_proxy(*endpoint_of(settings.database_url))
+    app_settings = settings.model_copy(
+        update={"database_url": database_url_via(settings, proxy.port)}
+    )
+    async with api_client(app_settings) as client:
+        assert (await client.get(URL, headers=alice.headers)).status_code == 200  # pooled now
+
+        getattr(proxy, failure)()
+        started = time.monotonic()
+        with anyio.fail_after(HANG_SECONDS):
+            response = await client.get(URL, headers=alice.headers)
+        elapsed = time.monotonic() - started
+        print(f"\ndatabase {failure}: {response.status_code} after {elapsed:.2f} s")
+
+        assert response.status_code == 503, response.text
+        assert response.json()["error"] == {
+            "code": "database_unavailable",
+            "message": "The database is unavailable; try again later.",
+            "details": None,
+        }
+        assert elapsed < QUICK_SECONDS
+
+        proxy.restore()
+        recovered = await client.get(URL, headers=alice.headers)
+        assert recovered.status_code == 200, recovered.text
+
+
+@pytest.mark.parametrize("failure", ["cut", "blackhole"])
+async def test_database_loss_during_an_upload_leaves_no_original_behind(
+    failure: str,
+    settings: Settings,
+    alice: Account,
+    api_client: ApiClient,
+    tcp_proxy: StartProxy,
+    jobs_table: JobsTable,
+) -> None:
+    """The token is checked, then the database goes: the original already in S3 is removed."""
+    proxy = tcp_proxy(*endpoint_of(settings.database_url))
+    app_settings = settings.model_copy(
+        update={"database_url": database_url_via(settings, proxy.port)}
+    )
+    async with api_client(app_settings) as client:
+        assert (await client.get(URL, headers=alice.headers)).status_code == 200
+
+        # Between the user look-up and the insert: fail the service as the upload reaches S3.
+        from app.services.s3 import S3Storage
+
+        original_upload = S3Storage.upload
+
+        async def upload_then_fail(self: S3Storage, *args: object, **kwargs: object) -> None:
+            await original_upload(self, *args, **kwargs)  # type: ignore[arg-type]
+            getattr(proxy, failure)()
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(S3Storage, "upload", upload_then_fail)
+            started = time.monotonic()
+            with anyio.fail_after(HANG_SECONDS):
+                response = await client.post(URL, files=upload(), headers=alice.headers)
+            elapsed = time.monotonic() - started
+        print(f"\ndatabase {failure} during upload: {response.status_code} after {elapsed:.2f} s")
+
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "database_unavailable"
+    assert elapsed < QUICK_SECONDS
+    assert jobs_table.count() == 0
+    assert object_keys(settings) == set()
+    assert queued_messages(settings) == []
+
+
+async def test_storage_failure_at_upload_answers_503_and_leaves_no_job(
+    settings: Settings,
+    alice: Account,
+    api_client: ApiClient,
+    tcp_proxy: StartProxy,
+    jobs_table: JobsTable,
+) -> None:
+    assert settings.s3_endpoint_url is not None
+    proxy = tcp_proxy(*endpoint_of(settings.s3_endpoint_url))
+    app_settings = settings.model_copy(update={"s3_endpoint_url": s3_endpoint_via(proxy.port)})
+    async with api_client(app_settings) as client:
+        proxy.cut()
+        started = time.monotonic()
+        with anyio.fail_after(HANG_SECONDS):
+            response = await client.post(URL, files=upload(), headers=alice.headers)
+        elapsed = time.monotonic() - started
+        print(f"\nstorage cut at upload: {response.status_code} after {elapsed:.2f} s")
+
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["code"] == "storage_unavailable"
+        assert elapsed < QUICK_SECONDS
+        assert jobs_table.count() == 0
+        assert queued_messages(settings) == []
+
+        proxy.restore()
+        again = await client.post(URL, files=upload(), headers=alice.headers)
+        assert again.status_code == 202, again.text
+        assert jobs_table.count() == 1
+
+
+async def test_storage_failure_while_deleting_keeps_the_job(
+    settings: Settings,
+    alice: Account,
+    api_client: ApiClient,
+    tcp_proxy: StartProxy,
+    jobs_table: JobsTable,
+) -> None:
+    """The row is deleted only if its objects are: otherwise nothing would name them any more."""
+    assert settings.s3_endpoint_url is not None
+    proxy = tcp_proxy(*endpoint_of(settings.s3_endpoint_url))
+    app_settings = settings.model_copy(update={"s3_endpoint_url": s3_endpoint_via(proxy.port)})
+    async with api_client(app_settings) as client:
+        job_id = (await client.post(URL, files=upload(), headers=alice.headers)).json()["id"]
+        jobs_table.connection.execute(
+            "UPDATE restoration_jobs SET status = 'FAILED', finished_at = now() WHERE id = %s",
+            [job_id],
+        )
+
+        with proxy.down():
+            with anyio.fail_after(HANG_SECONDS):
+                response = await client.delete(f"{URL}/{job_id}", headers=alice.headers)
+
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["code"] == "storage_unavailable"
+        assert jobs_table.row(job_id) is not None
+        assert len(object_keys(settings)) == 1
+
+        assert (await client.delete(f"{URL}/{job_id}", headers=alice.headers)).status_code == 204
+        assert jobs_table.row(job_id) is None
+        assert object_keys(settings) == set()
+
+
+async def test_broker_down_at_enqueue_fails_the_job_and_answers_503(
+    settings: Settings,
+    services: WorkerServices,
+    alice: Account,
+    api_client: ApiClient,
+    tcp_proxy: StartProxy,
+    jobs_table: JobsTable,
+) -> None:
+    proxy = tcp_proxy(*endpoint_of(settings.redis_url))
+    app_settings = settings.model_copy(update={"redis_url": redis_url_via(services, proxy.port)})
+    async with api_client(app_settings) as client:
+        proxy.cut()
+        started = time.monotonic()
+        with anyio.fail_after(HANG_SECONDS):
+            response = await client.post(URL, files=upload(), headers=alice.headers)
+        elapsed = time.monotonic() - started
+        print(f"\nbroker cut at enqueue: {response.status_code} after {elapsed:.2f} s")
+
+        assert response.status_code == 503, response.text
+        error = response.json()["error"]
+        assert error["code"] == "queue_unavailable"
+        assert elapsed < QUICK_SECONDS
+        job_id = error["details"]["job_id"]
+        row = jobs_table.one(job_id)
+        assert row["status"] == "FAILED"
+        assert row["error_message"].startswith(
+            "Could not queue the job: The broker did not accept the task:"
+        )
+        assert row["finished_at"] is not None
+        # The client can see why, and retry with a new upload once the broker is back.
+        shown = (await client.get(f"{URL}/{job_id}", headers=alice.headers)).json()
+        assert shown["status"] == "FAILED"
+        assert shown["error_message"] == row["error_message"]
+        assert queued_messages(settings) == []
+
+        proxy.restore()
+        again = await client.post(URL, files=upload(), headers=alice.headers)
+        assert again.status_code == 202, again.text
+        assert [m["headers"]["id"] for m in queued_messages(settings)] == [again.json()["id"]]
