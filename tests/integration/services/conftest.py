@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,6 +21,8 @@ from pathlib import Path
 import pytest
 
 from fixtures.services.plugin import SHARED
+from fixtures.services.run import state_base
+from fixtures.services.sharing import remove_dead_runs
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 SCENARIOS = Path(__file__).parent / "scenarios"
@@ -108,7 +112,21 @@ def owning_provider(provider: str) -> str:
 
 
 @pytest.fixture
-def inner_runs(tmp_path: Path) -> Iterator[list[InnerRun]]:
+def inner_state_base(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A folder of run folders for one test's inner runs alone: the sweep of killed runs in
+    another xdist worker's inner run must not take this test's leftovers before it looks.
+    Short and beside the default base: Postgres' socket path has a length limit. At the end,
+    whatever a killed inner run left there is stopped, as the next run's sweep would."""
+    base = Path(tempfile.mkdtemp(prefix="rs-", dir=state_base()))
+    base.chmod(0o755)  # as a shared temp dir: native Postgres runs as another user
+    yield base
+    monkeypatch.setenv("TEST_SERVICES_TMPDIR", str(base))
+    remove_dead_runs()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def inner_runs(inner_state_base: Path) -> Iterator[list[InnerRun]]:
     """Starts inner runs; interrupts what is left of them at the end, even when a test fails."""
     runs: list[InnerRun] = []
     yield runs
@@ -124,7 +142,7 @@ def inner_runs(tmp_path: Path) -> Iterator[list[InnerRun]]:
 
 @pytest.fixture
 def start_inner(
-    inner_runs: list[InnerRun], tmp_path: Path, provider: str
+    inner_runs: list[InnerRun], tmp_path: Path, provider: str, inner_state_base: Path
 ) -> Callable[..., InnerRun]:
     """`start_inner(scenario, *pytest_args, env={...})` starts an inner run with this run's provider."""
     counter = iter(range(100))
@@ -135,7 +153,12 @@ def start_inner(
         out.mkdir()
         log = tmp_path / f"inner-{index}.log"
         environment = {k: v for k, v in os.environ.items() if k not in DROPPED_ENV}
-        environment |= {"TEST_SERVICES": provider, "SCENARIO_OUT": str(out), **(env or {})}
+        environment |= {
+            "TEST_SERVICES": provider,
+            "TEST_SERVICES_TMPDIR": str(inner_state_base),
+            "SCENARIO_OUT": str(out),
+            **(env or {}),
+        }
         with log.open("wb") as output:
             process = subprocess.Popen(
                 [
