@@ -29,7 +29,10 @@ def install(session: nox.Session, *groups: str, editable: bool = True) -> None:
 def run_tier(
     session: nox.Session, tier: str, *pytest_args: str, env: dict[str, str] | None = None
 ) -> None:
-    """Run one tier under coverage; the session's posargs go to pytest last, so they win."""
+    """Run one tier under coverage; the session's posargs go to pytest last, so they win.
+    Posargs naming test paths (`nox -s integration -- tests/integration/api`) replace the tier's
+    folder."""
+    paths_given = any(arg.startswith(f"tests/{tier}") for arg in session.posargs)
     (REPORTS / "coverage").mkdir(parents=True, exist_ok=True)
     (REPORTS / "junit").mkdir(parents=True, exist_ok=True)
     session.run(
@@ -39,7 +42,7 @@ def run_tier(
         "run",
         "-m",
         "pytest",
-        f"tests/{tier}",
+        *([] if paths_given else [f"tests/{tier}"]),
         f"--junitxml={REPORTS / 'junit' / f'{tier}.xml'}",
         *pytest_args,
         *session.posargs,
