@@ -40,6 +40,9 @@ class Settings(BaseSettings):
 
     # --- S3
     s3_endpoint_url: str | None = None
+    # Where clients reach S3, for presigned URLs, when that differs from where the app reaches it
+    # (e.g. `http://minio:9000` inside compose, `http://localhost:9000` for a browser).
+    s3_public_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
     s3_bucket: str = "restoration"
     s3_access_key_id: str | None = None

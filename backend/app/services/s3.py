@@ -76,6 +76,28 @@ def classify(error: Exception, *, operation: str, key: str | None = None) -> Sto
     return StoragePermanentError(f"S3 {where} failed: {error}")
 
 
+def _client(settings: Settings, endpoint_url: str | None) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        region_name=settings.s3_region,
+        aws_access_key_id=settings.s3_access_key_id,
+        aws_secret_access_key=(
+            settings.s3_secret_access_key.get_secret_value()
+            if settings.s3_secret_access_key
+            else None
+        ),
+        config=Config(
+            connect_timeout=settings.s3_connect_timeout_seconds,
+            read_timeout=settings.s3_read_timeout_seconds,
+            retries={"max_attempts": settings.s3_max_attempts, "mode": "standard"},
+            # Path-style addressing works with every S3-compatible server.
+            s3={"addressing_style": "path"},
+            signature_version="s3v4",
+        ),
+    )
+
+
 class S3Storage:
     def __init__(self, settings: Settings, client: Any | None = None) -> None:
         self.bucket = settings.s3_bucket
@@ -84,24 +106,11 @@ class S3Storage:
             multipart_threshold=settings.s3_multipart_threshold_bytes,
             multipart_chunksize=settings.s3_multipart_threshold_bytes,
         )
-        self.client = client or boto3.client(
-            "s3",
-            endpoint_url=settings.s3_endpoint_url,
-            region_name=settings.s3_region,
-            aws_access_key_id=settings.s3_access_key_id,
-            aws_secret_access_key=(
-                settings.s3_secret_access_key.get_secret_value()
-                if settings.s3_secret_access_key
-                else None
-            ),
-            config=Config(
-                connect_timeout=settings.s3_connect_timeout_seconds,
-                read_timeout=settings.s3_read_timeout_seconds,
-                retries={"max_attempts": settings.s3_max_attempts, "mode": "standard"},
-                # Path-style addressing works with every S3-compatible server.
-                s3={"addressing_style": "path"},
-                signature_version="s3v4",
-            ),
+        self.client = client or _client(settings, settings.s3_endpoint_url)
+        # Presigned URLs carry the host in their signature: sign them for the public endpoint.
+        public = settings.s3_public_endpoint_url
+        self._presign_client = (
+            _client(settings, public) if public and public != settings.s3_endpoint_url else None
         )
 
     async def _call(self, operation: str, key: str | None, function: partial[T]) -> T:
@@ -138,7 +147,7 @@ class S3Storage:
 
     async def presign_download(self, key: str, *, expires_in: int | None = None) -> str:
         function = partial(
-            self.client.generate_presigned_url,
+            (self._presign_client or self.client).generate_presigned_url,
             "get_object",
             Params={"Bucket": self.bucket, "Key": key},
             ExpiresIn=expires_in or self.presign_expiry_seconds,

@@ -12,6 +12,7 @@ from botocore.exceptions import (
     NoCredentialsError,
     ReadTimeoutError,
 )
+from pydantic import SecretStr
 
 from app.core.config import Settings
 from app.services import s3
@@ -70,6 +71,21 @@ async def test_put_bytes_then_presign(storage: S3Storage, settings) -> None:
     query = parse_qs(url.query)
     assert query["X-Amz-Expires"] == ["60"]
     assert query["X-Amz-Algorithm"] == ["AWS4-HMAC-SHA256"]
+
+
+async def test_presigned_urls_name_the_public_endpoint_when_set(settings: Settings) -> None:
+    """The signature covers the host: the URL must be signed for the host clients will use."""
+    settings.s3_endpoint_url = "http://minio:9000"
+    settings.s3_public_endpoint_url = "http://localhost:9000"
+    settings.s3_access_key_id = "key"
+    settings.s3_secret_access_key = SecretStr("secret")
+
+    storage = S3Storage(settings)
+    url = urlsplit(await storage.presign_download("results/u/j.png"))
+
+    assert (url.scheme, url.netloc) == ("http", "localhost:9000")
+    assert parse_qs(url.query)["X-Amz-SignedHeaders"] == ["host"]
+    assert storage.client.meta.endpoint_url == "http://minio:9000"  # everything else goes inside
 
 
 async def test_missing_object_is_a_permanent_not_found(storage: S3Storage) -> None:
