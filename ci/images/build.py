@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Builds the offline stand-in images for Postgres, Redis and S3 (see README.md).
+"""Builds the offline stand-in images for Postgres, Redis and S3, and the project's own images.
 
 No registry is reachable in CI here, so the base comes from Debian's mirror (mmdebstrap, then
 `docker import`), the services from Debian's packages, and Python wheels from the host's pip.
 Every image carries a label with a hash of its recipe; an image already built from the same
-recipe is skipped, so running this again is cheap. Needs only the standard library, the docker
+recipe is skipped, so running this again is cheap. The project's images (the root Dockerfile, targets
+`runtime` and `standin`) build on a Debian stand-in for the official Python image, with wheels
+from ci/wheelhouse/. Needs only the standard library, the docker
 CLI, mmdebstrap and pip (run ci/docker.sh first on a bare machine).
 """
 
@@ -25,12 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parents[1]
+WHEELHOUSE = REPO_ROOT / "ci" / "wheelhouse"
 CACHE = HERE / ".cache"
 RECIPE_LABEL = "org.restoration.recipe"
 SUITE = "bookworm"
 BASE_IMAGE = f"restoration-offline/debian:{SUITE}"
 # Debian bookworm's python3, which the S3 image installs the wheels into.
 IMAGE_PYTHON = "3.11"
+IMAGE_PYTHON_FULL = "3.11.2"
 GLIBC_MINOR = 36
 
 
@@ -52,6 +57,45 @@ IMAGES = (
     ImageSpec("postgres", f"restoration-offline/postgres:15-{SUITE}", "TEST_POSTGRES_IMAGE"),
     ImageSpec("redis", f"restoration-offline/redis:7-{SUITE}", "TEST_REDIS_IMAGE"),
     ImageSpec("s3", f"restoration-offline/s3-moto:5-{SUITE}", "TEST_S3_IMAGE", needs_wheels=True),
+)
+
+
+PYTHON_IMAGE = ImageSpec("python", f"restoration-offline/python:{IMAGE_PYTHON}-{SUITE}", "")
+
+
+@dataclass(frozen=True)
+class ProjectImage:
+    """A target of the root Dockerfile, built on PYTHON_IMAGE from the wheelhouse."""
+
+    key: str
+    name: str
+    env_var: str
+    target: str
+
+
+PROJECT_IMAGES = (
+    ProjectImage("restoration", "restoration:offline", "RESTORATION_IMAGE", "runtime"),
+    ProjectImage("standin", "restoration-standin:offline", "RESTORATION_STANDIN_IMAGE", "standin"),
+    ProjectImage("e2e-worker", "restoration-e2e-worker:offline", "E2E_WORKER_IMAGE", "e2e-worker"),
+)
+# What the root Dockerfile copies: a change to any of it rebuilds the project's images.
+PROJECT_SOURCES = (
+    "Dockerfile",
+    "pyproject.toml",
+    "README.md",
+    "alembic.ini",
+    "backend",
+    "fixtures/comfyui",
+)
+# Besides the runtime dependencies: the build backend and the stand-in's extra libraries, and what
+# markers ask for on the image's Python but not on the host's (pip evaluates markers on the host):
+# redis needs async-timeout before Python 3.11.3.
+PROJECT_EXTRA_REQUIREMENTS = (
+    "setuptools>=69",
+    "aiohttp>=3.9",
+    "numpy>=1.26",
+    "async-timeout>=4.0.3",
+    "coverage[toml]>=7.10",
 )
 
 
@@ -152,17 +196,17 @@ def platform_args(docker_arch: str) -> list[str]:
     return [arg for tag in tags for arg in ("--platform", tag)]
 
 
-def download_wheels(spec: ImageSpec, docker_arch: str, destination: Path) -> None:
+def download_wheels(name: str, requirements: Path, docker_arch: str, destination: Path) -> None:
     """Fetches the wheels with the host's pip; skipped while the requirements are unchanged."""
-    requirements = spec.directory / "requirements.txt"
     stamp = destination / ".requirements-digest"
-    wanted = digest(requirements.read_bytes(), docker_arch, IMAGE_PYTHON)
+    wanted = digest(requirements.read_bytes(), docker_arch, IMAGE_PYTHON_FULL)
     if stamp.is_file() and stamp.read_text() == wanted:
-        log(f"{spec.name}: wheels cached in {destination.relative_to(HERE)}")
+        log(f"{name}: wheels cached in {destination.relative_to(REPO_ROOT)}")
         return
-    shutil.rmtree(destination, ignore_errors=True)
-    destination.mkdir(parents=True)
-    log(f"{spec.name}: pip download -r {requirements.relative_to(HERE)}")
+    for old in destination.glob("*.whl"):
+        old.unlink()
+    destination.mkdir(parents=True, exist_ok=True)
+    log(f"{name}: pip download -r {requirements.relative_to(REPO_ROOT)}")
     run(
         [
             sys.executable,
@@ -174,7 +218,7 @@ def download_wheels(spec: ImageSpec, docker_arch: str, destination: Path) -> Non
             "--implementation",
             "cp",
             "--python-version",
-            IMAGE_PYTHON,
+            IMAGE_PYTHON_FULL,
             *platform_args(docker_arch),
             "--dest",
             str(destination),
@@ -186,23 +230,25 @@ def download_wheels(spec: ImageSpec, docker_arch: str, destination: Path) -> Non
     stamp.write_text(wanted)
 
 
-def build_image(spec: ImageSpec, base_recipe: str, docker_arch: str, rebuild: bool) -> None:
+def build_image(spec: ImageSpec, base_recipe: str, docker_arch: str, rebuild: bool) -> str:
+    """Builds one stand-in image unless it is up to date; returns its recipe hash."""
     recipe = digest(base_recipe, folder_digest(spec.directory))
     if not rebuild and built_recipe(spec.name) == recipe:
         log(f"{spec.name}: up to date, skipped")
-        return
+        return recipe
     context = CACHE / "context" / spec.key
     shutil.rmtree(context, ignore_errors=True)
     shutil.copytree(spec.directory, context)
     if spec.needs_wheels:
         wheels = CACHE / "wheels" / spec.key
-        download_wheels(spec, docker_arch, wheels)
+        download_wheels(spec.name, spec.directory / "requirements.txt", docker_arch, wheels)
         shutil.copytree(wheels, context / "wheels", ignore=shutil.ignore_patterns(".*"))
     log(f"{spec.name}: docker build")
     run(
         [
             "docker",
             "build",
+            "--force-rm",  # no stopped containers left behind by a failed step
             "--label",
             f"{RECIPE_LABEL}={recipe}",
             "--build-arg",
@@ -216,26 +262,79 @@ def build_image(spec: ImageSpec, base_recipe: str, docker_arch: str, rebuild: bo
         env={"DOCKER_BUILDKIT": "0"},
     )
     shutil.rmtree(context)
+    return recipe
 
 
-def env_lines(specs: Sequence[ImageSpec]) -> list[str]:
+def project_requirements() -> Path:
+    """The project's runtime dependencies (from pyproject.toml) plus the extras its images need."""
+    import tomllib
+
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    lines = [*project["dependencies"], *PROJECT_EXTRA_REQUIREMENTS]
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path = CACHE / "project-requirements.txt"
+    path.write_text("".join(f"{line}\n" for line in lines))
+    return path
+
+
+def sources_digest() -> str:
+    parts: list[str | bytes] = []
+    for source in PROJECT_SOURCES:
+        path = REPO_ROOT / source
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        for file in files:
+            if "__pycache__" not in file.parts:
+                parts += [str(file.relative_to(REPO_ROOT)), file.read_bytes()]
+    return digest(*parts)
+
+
+def build_project_image(image: ProjectImage, python_recipe: str, rebuild: bool) -> None:
+    recipe = digest(python_recipe, sources_digest(), image.target)
+    if not rebuild and built_recipe(image.name) == recipe:
+        log(f"{image.name}: up to date, skipped")
+        return
+    log(f"{image.name}: docker build --target {image.target} (the root Dockerfile)")
+    run(
+        [
+            "docker",
+            "build",
+            "--force-rm",  # no stopped containers left behind by a failed step
+            "--label",
+            f"{RECIPE_LABEL}={recipe}",
+            "--build-arg",
+            f"PYTHON_IMAGE={PYTHON_IMAGE.name}",
+            "--build-arg",
+            "PIP_INSTALL_OPTIONS=--no-index",
+            "--target",
+            image.target,
+            "--tag",
+            image.name,
+            str(REPO_ROOT),
+        ],
+        prefix=image.key,
+        env={"DOCKER_BUILDKIT": "0"},
+    )
+
+
+def env_lines(specs: Sequence[ImageSpec | ProjectImage]) -> list[str]:
     return [f"{spec.env_var}={spec.name}" for spec in specs]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    keys = ", ".join(s.key for s in IMAGES)
+    keys = ", ".join(s.key for s in (*IMAGES, *PROJECT_IMAGES))
     parser.add_argument(
         "--rebuild", action="store_true", help="build even if the recipe is unchanged"
     )
     parser.add_argument("--print-env", action="store_true", help="only print the env vars to use")
     parser.add_argument("only", nargs="*", metavar="IMAGE", help=f"images to build: {keys}")
     args = parser.parse_args(argv)
-    if unknown := set(args.only) - {s.key for s in IMAGES}:
+    if unknown := set(args.only) - {s.key for s in (*IMAGES, *PROJECT_IMAGES)}:
         parser.error(f"unknown image(s) {', '.join(sorted(unknown))}; choose from {keys}")
     specs = [s for s in IMAGES if not args.only or s.key in args.only]
+    projects = [p for p in PROJECT_IMAGES if not args.only or p.key in args.only]
     if args.print_env:
-        print("\n".join(env_lines(specs)))
+        print("\n".join(env_lines([*specs, *projects])))
         return 0
 
     started = time.monotonic()
@@ -243,8 +342,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     base_recipe = build_base(args.rebuild)
     for spec in specs:
         build_image(spec, base_recipe, docker_arch, args.rebuild)
+    if projects:
+        python_recipe = build_image(PYTHON_IMAGE, base_recipe, docker_arch, args.rebuild)
+        download_wheels("project images", project_requirements(), docker_arch, WHEELHOUSE)
+        for project in projects:
+            build_project_image(project, python_recipe, args.rebuild)
     log(f"done in {time.monotonic() - started:.1f} s; to use these images:")
-    for line in env_lines(specs):
+    for line in env_lines([*specs, *projects]):
         print(f"export {line}")
     return 0
 
