@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes a Docker daemon answer on this machine: installs docker.io (and mmdebstrap, which the
-# offline images need) when missing, starts dockerd in the background and waits until it answers.
+# offline images need, and Compose, which tests/e2e/test_compose.py drives) when missing, starts dockerd in the background and waits until it answers.
 # Idempotent: does nothing when a daemon already answers. CI calls it from .ci/run.
 set -euo pipefail
 
@@ -16,6 +16,9 @@ as_root() {
 missing=()
 command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
+if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
+    missing+=(docker-compose)
+fi
 if [ "${#missing[@]}" -gt 0 ]; then
     log "installing ${missing[*]}"
     as_root apt-get update -qq
