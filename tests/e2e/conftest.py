@@ -1,7 +1,10 @@
 """End to end: the whole stack as real processes, driven only over HTTP, as a client would.
 
 Postgres, Redis and S3 come from `fixtures.services` (docker, native or external); the API runs
-under uvicorn, the worker is a real `celery worker` process, ComfyUI is the stand-in process.
+under uvicorn, ComfyUI is the stand-in process. The worker is a container of this project's image
+through pytest-celery's worker container (`fixtures.worker_container`) when the services come
+from Docker, else a real `celery worker` process; `E2E_WORKER=container|process` forces either,
+`E2E_WORKER_IMAGE` names a built image (otherwise it is built from the Dockerfile).
 Their logs land in reports/e2e/<xdist worker>/ for a failing run to read.
 """
 
@@ -15,6 +18,7 @@ import httpx
 import pytest
 
 from fixtures.services import WorkerServices
+from fixtures.services.plugin import SHARED
 from fixtures.stack import Stack, StackOptions
 
 REPORTS = Path(__file__).resolve().parents[2] / "reports" / "e2e"
@@ -35,14 +39,44 @@ E2E_SETTINGS = {
 }
 
 
+WORKER_MODES = ("auto", "container", "process")
+
+
+def worker_mode(config: pytest.Config) -> str:
+    """`container` or `process`: E2E_WORKER, or for `auto` a container where Docker provides."""
+    mode = os.environ.get("E2E_WORKER", "auto")
+    if mode not in WORKER_MODES:
+        raise pytest.UsageError(f"E2E_WORKER={mode!r}: choose from {', '.join(WORKER_MODES)}")
+    if mode == "auto":
+        return "container" if config.stash[SHARED].get_choice().provider == "docker" else "process"
+    return mode
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    mode = worker_mode(config)
+    image = os.environ.get("E2E_WORKER_IMAGE") or "built from the Dockerfile"
+    return f"e2e worker: {mode}" + (f" ({image})" if mode == "container" else "")
+
+
 @pytest.fixture(scope="session")
-def stack(services: WorkerServices, worker_id: str) -> Iterator[Stack]:
+def worker_image(request: pytest.FixtureRequest) -> str | None:
+    """The image the worker runs from, or None for a worker process."""
+    if worker_mode(request.config) == "process":
+        return None
+    from fixtures.worker_container import ensure_image  # docker and pytest-celery
+
+    return ensure_image(os.environ.get("E2E_WORKER_IMAGE") or None)
+
+
+@pytest.fixture(scope="session")
+def stack(services: WorkerServices, worker_id: str, worker_image: str | None) -> Iterator[Stack]:
     options = StackOptions(
         services_env=services.env(),
         log_dir=REPORTS / worker_id,
         comfyui_url=os.environ.get("E2E_COMFYUI_URL") or None,
         settings_env=E2E_SETTINGS,
         worker_concurrency=2,
+        worker_image=worker_image,
     )
     with Stack(options) as stack:
         yield stack
