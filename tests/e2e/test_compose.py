@@ -89,7 +89,13 @@ def compose() -> Iterator[ComposeStack]:
     }
     stack = ComposeStack(command, env, f"http://127.0.0.1:{api_port}")
     try:
-        stack.run("up", "--detach")
+        try:
+            stack.run("up", "--detach")
+        except AssertionError as error:
+            raise AssertionError(
+                f"{error}\nWhere no registry is reachable: `nox -s images`, then export the "
+                "variables it prints (TEST_*_IMAGE, RESTORATION_*IMAGE)."
+            ) from None
         wait_ready(stack)
         yield stack
     finally:
