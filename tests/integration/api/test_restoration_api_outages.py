@@ -4,9 +4,10 @@ server) or blackholed (connections accepted, never answered, as by a paused one)
 services themselves are never stopped: other xdist workers use them."""
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import anyio
+import httpx
 import pytest
 
 from app.core.config import Settings
@@ -36,6 +37,16 @@ HANG_SECONDS = 60.0
 StartProxy = Callable[[str, int], TcpProxy]
 
 
+async def timed(request: Awaitable[httpx.Response], what: str) -> tuple[httpx.Response, float]:
+    """The answer and how long it took; a hang fails the test after HANG_SECONDS (shown with -s)."""
+    started = time.monotonic()
+    with anyio.fail_after(HANG_SECONDS):
+        response = await request
+    elapsed = time.monotonic() - started
+    print(f"\n{what}: {response.status_code} after {elapsed:.2f} s")
+    return response, elapsed
+
+
 def upload() -> dict:
     return {"file": ("photo.png", images.make_image(), "image/png")}
 
@@ -59,11 +70,9 @@ async def test_database_loss_answers_503_quickly(
         assert (await client.get(URL, headers=alice.headers)).status_code == 200  # pooled now
 
         getattr(proxy, failure)()
-        started = time.monotonic()
-        with anyio.fail_after(HANG_SECONDS):
-            response = await client.get(URL, headers=alice.headers)
-        elapsed = time.monotonic() - started
-        print(f"\ndatabase {failure}: {response.status_code} after {elapsed:.2f} s")
+        response, elapsed = await timed(
+            client.get(URL, headers=alice.headers), f"database {failure}"
+        )
 
         assert response.status_code == 503, response.text
         assert response.json()["error"] == {
@@ -106,11 +115,10 @@ async def test_database_loss_during_an_upload_leaves_no_original_behind(
 
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(S3Storage, "upload", upload_then_fail)
-            started = time.monotonic()
-            with anyio.fail_after(HANG_SECONDS):
-                response = await client.post(URL, files=upload(), headers=alice.headers)
-            elapsed = time.monotonic() - started
-        print(f"\ndatabase {failure} during upload: {response.status_code} after {elapsed:.2f} s")
+            response, elapsed = await timed(
+                client.post(URL, files=upload(), headers=alice.headers),
+                f"database {failure} during upload",
+            )
 
     assert response.status_code == 503, response.text
     assert response.json()["error"]["code"] == "database_unavailable"
@@ -132,11 +140,9 @@ async def test_storage_failure_at_upload_answers_503_and_leaves_no_job(
     app_settings = settings.model_copy(update={"s3_endpoint_url": s3_endpoint_via(proxy.port)})
     async with api_client(app_settings) as client:
         proxy.cut()
-        started = time.monotonic()
-        with anyio.fail_after(HANG_SECONDS):
-            response = await client.post(URL, files=upload(), headers=alice.headers)
-        elapsed = time.monotonic() - started
-        print(f"\nstorage cut at upload: {response.status_code} after {elapsed:.2f} s")
+        response, elapsed = await timed(
+            client.post(URL, files=upload(), headers=alice.headers), "storage cut at upload"
+        )
 
         assert response.status_code == 503, response.text
         assert response.json()["error"]["code"] == "storage_unavailable"
@@ -194,11 +200,9 @@ async def test_broker_down_at_enqueue_fails_the_job_and_answers_503(
     app_settings = settings.model_copy(update={"redis_url": redis_url_via(services, proxy.port)})
     async with api_client(app_settings) as client:
         proxy.cut()
-        started = time.monotonic()
-        with anyio.fail_after(HANG_SECONDS):
-            response = await client.post(URL, files=upload(), headers=alice.headers)
-        elapsed = time.monotonic() - started
-        print(f"\nbroker cut at enqueue: {response.status_code} after {elapsed:.2f} s")
+        response, elapsed = await timed(
+            client.post(URL, files=upload(), headers=alice.headers), "broker cut at enqueue"
+        )
 
         assert response.status_code == 503, response.text
         error = response.json()["error"]
