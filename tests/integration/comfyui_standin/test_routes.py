@@ -15,6 +15,7 @@ JSON = "application/json; charset=utf-8"
     ("path", "recorded"),
     [
         ("/features", "get_features"),
+        ("/embeddings", "get_embeddings"),
         ("/prompt", "get_prompt"),
         ("/queue", "get_queue_idle"),
         ("/api/queue", "get_api_prefixed_queue"),
@@ -30,6 +31,15 @@ async def test_small_gets_answer_like_the_recording(comfy, path, recorded):
     assert response.status_code == expected["status"]
     assert response.headers["content-type"] == expected["content_type"]
     assert response.json() == expected["body"]
+
+
+async def test_extensions_is_a_list_of_script_paths_and_empty_without_a_frontend(comfy):
+    recorded = capture("get_extensions")
+    response = await comfy.get("/extensions")
+    assert response.status_code == recorded["status"]
+    assert response.headers["content-type"] == recorded["content_type"]
+    assert all(path.startswith("/extensions/") for path in recorded["body"])  # what real lists
+    assert response.json() == []
 
 
 async def test_system_stats_keeps_the_shape_but_names_the_stand_in(comfy):
