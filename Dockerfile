@@ -1,6 +1,6 @@
 # The restoration service: one image for the API (`python -m app serve`), the Celery worker
 # (`python -m app worker`) and migrations (`python -m app migrate`); the `standin` target adds
-# the ComfyUI stand-in from fixtures/ for compose and the e2e tier.
+# the ComfyUI stand-in from fixtures/ for compose, and `e2e-worker` adds coverage for the e2e tier.
 #
 #   docker build -t restoration .                       # from PyPI, on the official Python image
 #   docker build --target standin -t restoration-standin .

@@ -4,10 +4,10 @@
 No registry is reachable in CI here, so the base comes from Debian's mirror (mmdebstrap, then
 `docker import`), the services from Debian's packages, and Python wheels from the host's pip.
 Every image carries a label with a hash of its recipe; an image already built from the same
-recipe is skipped, so running this again is cheap. The project's images (the root Dockerfile, targets
-`runtime` and `standin`) build on a Debian stand-in for the official Python image, with wheels
-from ci/wheelhouse/. Needs only the standard library, the docker
-CLI, mmdebstrap and pip (run ci/docker.sh first on a bare machine).
+recipe is skipped, so running this again is cheap. The project's images (targets of the root
+Dockerfile) build on a Debian stand-in for the official Python image, with wheels from
+ci/wheelhouse/. Needs only the standard library, the docker CLI, mmdebstrap and pip (run
+ci/docker.sh first on a bare machine).
 """
 
 # A build script: it runs fixed tools (docker, mmdebstrap, pip) found on PATH, never user input.
@@ -35,6 +35,7 @@ SUITE = "bookworm"
 BASE_IMAGE = f"restoration-offline/debian:{SUITE}"
 # Debian bookworm's python3, which the S3 image installs the wheels into.
 IMAGE_PYTHON = "3.11"
+# Its exact version, for `pip download --python-version`.
 IMAGE_PYTHON_FULL = "3.11.2"
 GLIBC_MINOR = 36
 
@@ -230,6 +231,26 @@ def download_wheels(name: str, requirements: Path, docker_arch: str, destination
     stamp.write_text(wanted)
 
 
+def docker_build(name: str, context: Path, recipe: str, *args: str, prefix: str) -> None:
+    """`docker build` with the recipe label; the classic builder needs no buildx plugin and prints
+    each step as it goes."""
+    run(
+        [
+            "docker",
+            "build",
+            "--force-rm",  # no stopped containers left behind by a failed step
+            "--label",
+            f"{RECIPE_LABEL}={recipe}",
+            *args,
+            "--tag",
+            name,
+            str(context),
+        ],
+        prefix=prefix,
+        env={"DOCKER_BUILDKIT": "0"},
+    )
+
+
 def build_image(spec: ImageSpec, base_recipe: str, docker_arch: str, rebuild: bool) -> str:
     """Builds one stand-in image unless it is up to date; returns its recipe hash."""
     recipe = digest(base_recipe, folder_digest(spec.directory))
@@ -244,22 +265,8 @@ def build_image(spec: ImageSpec, base_recipe: str, docker_arch: str, rebuild: bo
         download_wheels(spec.name, spec.directory / "requirements.txt", docker_arch, wheels)
         shutil.copytree(wheels, context / "wheels", ignore=shutil.ignore_patterns(".*"))
     log(f"{spec.name}: docker build")
-    run(
-        [
-            "docker",
-            "build",
-            "--force-rm",  # no stopped containers left behind by a failed step
-            "--label",
-            f"{RECIPE_LABEL}={recipe}",
-            "--build-arg",
-            f"BASE_IMAGE={BASE_IMAGE}",
-            "--tag",
-            spec.name,
-            str(context),
-        ],
-        prefix=spec.key,
-        # The classic builder needs no buildx plugin and prints each step as it goes.
-        env={"DOCKER_BUILDKIT": "0"},
+    docker_build(
+        spec.name, context, recipe, "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", prefix=spec.key
     )
     shutil.rmtree(context)
     return recipe
@@ -277,8 +284,9 @@ def project_requirements() -> Path:
     return path
 
 
-def sources_digest() -> str:
-    parts: list[str | bytes] = []
+def sources_digest(requirements: Path) -> str:
+    """What the project's images are built from: their sources and the wheels' requirements."""
+    parts: list[str | bytes] = [requirements.read_bytes()]
     for source in PROJECT_SOURCES:
         path = REPO_ROOT / source
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
@@ -288,31 +296,20 @@ def sources_digest() -> str:
     return digest(*parts)
 
 
-def build_project_image(image: ProjectImage, python_recipe: str, rebuild: bool) -> None:
-    recipe = digest(python_recipe, sources_digest(), image.target)
+def build_project_image(image: ProjectImage, sources_recipe: str, rebuild: bool) -> None:
+    recipe = digest(sources_recipe, image.target)
     if not rebuild and built_recipe(image.name) == recipe:
         log(f"{image.name}: up to date, skipped")
         return
     log(f"{image.name}: docker build --target {image.target} (the root Dockerfile)")
-    run(
-        [
-            "docker",
-            "build",
-            "--force-rm",  # no stopped containers left behind by a failed step
-            "--label",
-            f"{RECIPE_LABEL}={recipe}",
-            "--build-arg",
-            f"PYTHON_IMAGE={PYTHON_IMAGE.name}",
-            "--build-arg",
-            "PIP_INSTALL_OPTIONS=--no-index",
-            "--target",
-            image.target,
-            "--tag",
-            image.name,
-            str(REPO_ROOT),
-        ],
+    docker_build(
+        image.name,
+        REPO_ROOT,
+        recipe,
+        *("--build-arg", f"PYTHON_IMAGE={PYTHON_IMAGE.name}"),
+        *("--build-arg", "PIP_INSTALL_OPTIONS=--no-index"),
+        *("--target", image.target),
         prefix=image.key,
-        env={"DOCKER_BUILDKIT": "0"},
     )
 
 
@@ -344,9 +341,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_image(spec, base_recipe, docker_arch, args.rebuild)
     if projects:
         python_recipe = build_image(PYTHON_IMAGE, base_recipe, docker_arch, args.rebuild)
-        download_wheels("project images", project_requirements(), docker_arch, WHEELHOUSE)
+        requirements = project_requirements()
+        download_wheels("project images", requirements, docker_arch, WHEELHOUSE)
+        sources_recipe = digest(python_recipe, sources_digest(requirements))
         for project in projects:
-            build_project_image(project, python_recipe, args.rebuild)
+            build_project_image(project, sources_recipe, args.rebuild)
     log(f"done in {time.monotonic() - started:.1f} s; to use these images:")
     for line in env_lines([*specs, *projects]):
         print(f"export {line}")
