@@ -70,17 +70,11 @@ def rgb(data: bytes) -> np.ndarray:
 
 
 async def restore(
-    service: ComfyUIService, settings: Settings, workflow: WorkflowName, photo: DegradedPhoto
+    service: ComfyUIService, workflow: WorkflowName, photo: DegradedPhoto
 ) -> tuple[RestoredImage, float]:
     start = time.perf_counter()
     restored = await service.restore(
-        job_id=uuid.uuid4(),
-        attempt=1,
-        image=photo.png,
-        extension="png",
-        workflow=workflow,
-        scale=settings.comfyui_scale,
-        upscale_model=settings.comfyui_upscale_model,
+        job_id=uuid.uuid4(), attempt=1, image=photo.png, extension="png", workflow=workflow
     )
     return restored, time.perf_counter() - start
 
@@ -114,10 +108,10 @@ async def test_restore_degraded_photo(
 
         if workflow.value not in gpu_report.warmups:
             # The first prompt of a workflow pays for warm-up and model loading: not timed.
-            _, seconds = await restore(service, settings, workflow, photo)
+            _, seconds = await restore(service, workflow, photo)
             gpu_report.warmups[workflow.value] = round(seconds, 4)
 
-        restored, latency = await restore(service, settings, workflow, photo)
+        restored, latency = await restore(service, workflow, photo)
         entry = await service.client.history(restored.prompt_id)
 
     expected = (round(photo.width * scale), round(photo.height * scale))

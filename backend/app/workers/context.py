@@ -15,12 +15,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.config import Settings, WorkflowName
 from app.core.db import create_engine, create_session_factory
-from app.services.comfyui import ProgressCallback, RestoredImage
+from app.services.comfyui import ComfyUIService, ProgressCallback, RestoredImage
 from app.services.s3 import S3Storage
 
 
 class Restorer(Protocol):
-    """The worker's view of ComfyUI (`app.services.comfyui.ComfyUIService` in production)."""
+    """The worker's view of ComfyUI (`app.services.comfyui.ComfyUIService` in production).
+
+    Only what differs per job: scale, model and time limit come from settings when it is built.
+    """
 
     async def restore(
         self,
@@ -30,11 +33,8 @@ class Restorer(Protocol):
         image: bytes,
         extension: str,
         workflow: WorkflowName,
-        scale: float,
-        upscale_model: str,
         on_progress: ProgressCallback | None = None,
         cancel: asyncio.Event | None = None,
-        timeout: float | None = None,
     ) -> RestoredImage: ...
 
 
@@ -51,8 +51,6 @@ ContextFactory = Callable[[Settings], AbstractAsyncContextManager[WorkerContext]
 
 @asynccontextmanager
 async def worker_context(settings: Settings) -> AsyncIterator[WorkerContext]:
-    from app.services.comfyui import ComfyUIService
-
     engine = create_engine(settings, pooled=False)
     restorer = ComfyUIService.from_settings(settings)
     try:

@@ -605,7 +605,9 @@ def specs_with_model(model: str) -> dict[str, Any]:
 
 @pytest.fixture
 async def service(client: ComfyUIClient) -> ComfyUIService:
-    return ComfyUIService(client, job_timeout=5.0)
+    return ComfyUIService(
+        client, scale=1.5, upscale_model="tiny_compact_x2.safetensors", timeout=5.0
+    )
 
 
 @dataclass
@@ -654,8 +656,6 @@ async def test_restore_runs_the_job_and_returns_the_image(
         image=b"original bytes",
         extension=".PNG",
         workflow=workflow,
-        scale=1.5,
-        upscale_model="tiny_compact_x2.safetensors",
         on_progress=progress.append,
     )
 
@@ -712,8 +712,6 @@ async def test_restore_without_a_usable_result_fails(
             image=b"x",
             extension="png",
             workflow=WorkflowName.CORE,
-            scale=2.0,
-            upscale_model="m",
         )
 
     assert caught.value.prompt_id == RUN1_ID
@@ -721,9 +719,10 @@ async def test_restore_without_a_usable_result_fails(
 
 @pytest.mark.anyio
 async def test_restore_checks_the_workflow_before_submitting(
-    comfy: respx.MockRouter, ws: FakeComfyWS, service: ComfyUIService
+    comfy: respx.MockRouter, ws: FakeComfyWS, client: ComfyUIClient
 ) -> None:
     job = serve_job(comfy, ws, model="installed.pth")
+    service = ComfyUIService(client, upscale_model="missing.pth")
 
     with pytest.raises(WorkflowRejected, match=r"model_name: 'missing\.pth' not in") as caught:
         await service.restore(
@@ -732,8 +731,6 @@ async def test_restore_checks_the_workflow_before_submitting(
             image=b"x",
             extension="png",
             workflow=WorkflowName.MODEL_UPSCALE,
-            scale=2.0,
-            upscale_model="missing.pth",
         )
 
     assert list(caught.value.node_errors) == ["10"]
@@ -752,7 +749,7 @@ async def test_restore_with_an_unusable_shipped_workflow_is_rejected(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise WorkflowError("expected exactly one SaveImage node, found 0")
 
-    monkeypatch.setattr("app.services.comfyui.build_workflow", broken)
+    monkeypatch.setattr("app.services.comfyui.service.build_workflow", broken)
 
     with pytest.raises(WorkflowRejected, match="workflow restore is unusable: expected exactly"):
         await service.restore(
@@ -761,27 +758,16 @@ async def test_restore_with_an_unusable_shipped_workflow_is_rejected(
             image=b"x",
             extension="png",
             workflow=WorkflowName.CORE,
-            scale=2.0,
-            upscale_model="m",
         )
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(("job_timeout", "timeout"), [(0.05, None), (5.0, 0.05)])
-async def test_restore_times_out(
-    comfy: respx.MockRouter,
-    ws: FakeComfyWS,
-    base: str,
-    job_timeout: float,
-    timeout: float | None,
-) -> None:
+async def test_restore_times_out(comfy: respx.MockRouter, ws: FakeComfyWS, base: str) -> None:
     job = serve_job(comfy, ws)
     ws.script = RUN1[:6]
     stops: list[tuple[str, Any]] = []
     record_stops(comfy, stops)
-    async with ComfyUIService(
-        ComfyUIClient(base, poll_interval=0.01), job_timeout=job_timeout
-    ) as service:
+    async with ComfyUIService(ComfyUIClient(base, poll_interval=0.01), timeout=0.05) as service:
         with pytest.raises(ComfyUITimeout, match=r"within 0\.05s"):
             await service.restore(
                 job_id=job.id,
@@ -789,26 +775,18 @@ async def test_restore_times_out(
                 image=b"x",
                 extension="png",
                 workflow=WorkflowName.CORE,
-                scale=2.0,
-                upscale_model="m",
-                timeout=timeout,
             )
 
     assert [kind for kind, _ in stops] == ["queue", "interrupt"]
 
 
 @pytest.mark.anyio
-async def test_service_health_and_interrupt(
-    comfy: respx.MockRouter, service: ComfyUIService
-) -> None:
+async def test_service_health(comfy: respx.MockRouter, service: ComfyUIService) -> None:
     comfy.get("/system_stats").respond(200, json=recorded("get_system_stats.json")["body"])
-    interrupt = comfy.post("/interrupt").respond(200)
 
     health = await service.health()
-    await service.interrupt("p-1")
 
     assert (health.ok, health.version) == (True, "0.3.64")
-    assert json.loads(interrupt.calls.last.request.content) == {"prompt_id": "p-1"}
 
 
 @pytest.mark.anyio
@@ -818,11 +796,13 @@ async def test_service_from_settings() -> None:
         comfyui_request_timeout_seconds=7,
         comfyui_job_timeout_seconds=99,
         comfyui_poll_interval_seconds=0.5,
+        comfyui_scale=3.0,
+        comfyui_upscale_model="other_x4.pth",
     )
 
     async with ComfyUIService.from_settings(settings) as service:
         client = service.client
-        assert service.job_timeout == 99
+        assert (service.scale, service.upscale_model, service.timeout) == (3.0, "other_x4.pth", 99)
         assert (client.base_url, client.request_timeout, client.poll_interval) == (
             "http://gpu-1:8188",
             7,

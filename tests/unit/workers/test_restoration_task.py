@@ -234,9 +234,16 @@ async def test_success_stores_the_result_and_completes_the_job(
     assert call["image"] == original
     assert call["extension"] == images.FORMATS[fmt]
     assert call["workflow"] is WorkflowName.CORE
-    assert call["scale"] == ctx.settings.comfyui_scale
-    assert call["upscale_model"] == ctx.settings.comfyui_upscale_model
-    assert call["timeout"] == ctx.settings.comfyui_job_timeout_seconds
+    # Scale, model and time limit are the restorer's own, from settings (see test_worker_context).
+    assert set(call) == {
+        "job_id",
+        "attempt",
+        "image",
+        "extension",
+        "workflow",
+        "on_progress",
+        "cancel",
+    }
     assert isinstance(call["cancel"], asyncio.Event)
     assert not call["cancel"].is_set()
     assert callable(call["on_progress"])

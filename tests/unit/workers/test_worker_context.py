@@ -40,6 +40,11 @@ async def test_builds_the_run_context_from_settings_and_closes_it(
     async with worker_context(settings) as ctx:
         assert ctx.settings is settings
         assert isinstance(ctx.restorer, ComfyUIService)
+        assert (ctx.restorer.scale, ctx.restorer.upscale_model, ctx.restorer.timeout) == (
+            settings.comfyui_scale,
+            settings.comfyui_upscale_model,
+            settings.comfyui_job_timeout_seconds,
+        )
         assert isinstance(ctx.storage, S3Storage)
         assert ctx.storage.bucket == settings.s3_bucket
         async with ctx.session_factory() as session:

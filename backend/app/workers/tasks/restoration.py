@@ -170,11 +170,8 @@ async def _run_attempt(ctx: WorkerContext, job: RestorationJob) -> Outcome:
             image=original,
             extension=job.original_key.rsplit(".", 1)[-1],
             workflow=WorkflowName(job.workflow),
-            scale=settings.comfyui_scale,
-            upscale_model=settings.comfyui_upscale_model,
             on_progress=progress.update,
             cancel=stop,
-            timeout=settings.comfyui_job_timeout_seconds,
         )
         result_key = s3.result_key(job.user_id, job.id)
         await ctx.storage.put_bytes(result_key, restored.data, content_type="image/png")

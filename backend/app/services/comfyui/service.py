@@ -1,0 +1,139 @@
+"""`ComfyUIService`: the restoration step the worker calls, one job's image in, the restored image out."""
+
+import asyncio
+import io
+import logging
+from types import TracebackType
+from typing import Self
+from uuid import UUID
+
+from PIL import Image
+
+from app.core.config import Settings, WorkflowName
+from app.services.comfyui.client import ComfyUIClient
+from app.services.comfyui.errors import ExecutionFailed, WorkflowRejected
+from app.services.comfyui.models import ComfyUIHealth, ProgressCallback, RestoredImage
+from app.workflows import WorkflowError, build_workflow, output_node
+
+logger = logging.getLogger(__name__)
+
+
+def _image_size(data: bytes, prompt_id: str) -> tuple[int, int]:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.verify()
+            return image.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ExecutionFailed(
+            f"the output of prompt {prompt_id} is not a readable image: {exc}",
+            prompt_id=prompt_id,
+        ) from exc
+
+
+class ComfyUIService:
+    """Restores one job's image with the workflow's host-wide parameters.
+
+    What is the same for every job (scale, upscale model, time limit) is fixed when the service is
+    built (`from_settings`); `restore` takes only what differs per job. Holds one client, so it
+    belongs to the event loop it is used on: build it inside that loop (per `asyncio.run` in the
+    worker, per app lifespan in the API) and `aclose()` it there.
+    """
+
+    def __init__(
+        self,
+        client: ComfyUIClient,
+        *,
+        scale: float = 2.0,
+        upscale_model: str = "tiny_compact_x2.safetensors",
+        timeout: float = 600.0,
+    ) -> None:
+        self.client = client
+        self.scale = scale
+        self.upscale_model = upscale_model
+        self.timeout = timeout
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        client = ComfyUIClient(
+            settings.comfyui_url,
+            request_timeout=settings.comfyui_request_timeout_seconds,
+            poll_interval=settings.comfyui_poll_interval_seconds,
+        )
+        return cls(
+            client,
+            scale=settings.comfyui_scale,
+            upscale_model=settings.comfyui_upscale_model,
+            timeout=settings.comfyui_job_timeout_seconds,
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def health(self) -> ComfyUIHealth:
+        return await self.client.health()
+
+    async def restore(
+        self,
+        *,
+        job_id: UUID,
+        attempt: int,
+        image: bytes,
+        extension: str,
+        workflow: WorkflowName,
+        on_progress: ProgressCallback | None = None,
+        cancel: asyncio.Event | None = None,
+    ) -> RestoredImage:
+        """Run one job's image through the workflow and return the result.
+
+        The output prefix is unique per job and attempt: ComfyUI answers an identical graph with
+        its cached, earlier output. The service's `timeout` bounds the run from submission to the
+        end of execution.
+        """
+        client = self.client
+        uploaded = await client.upload_image(
+            image, f"input.{extension.lstrip('.').lower()}", f"jobs/{job_id}", overwrite=True
+        )
+        try:
+            graph = build_workflow(
+                workflow,
+                image=uploaded.load_image_value,
+                output_prefix=f"restored/{job_id}/a{attempt}",
+                scale=self.scale,
+                upscale_model=self.upscale_model,
+            )
+            save_node = output_node(graph)
+        except WorkflowError as exc:
+            raise WorkflowRejected(f"workflow {workflow.value} is unusable: {exc}") from exc
+        await client.validate(graph)
+        result = await client.run(
+            graph, on_progress=on_progress, cancel=cancel, timeout=self.timeout
+        )
+        images = result.outputs.get(save_node)
+        if not images:
+            raise ExecutionFailed(
+                f"prompt {result.prompt_id} finished without an image from node {save_node}",
+                prompt_id=result.prompt_id,
+            )
+        data = await client.view(images[0])
+        width, height = _image_size(data, result.prompt_id)
+        logger.info(
+            "job %s attempt %s restored by prompt %s: %dx%d, %d bytes",
+            job_id,
+            attempt,
+            result.prompt_id,
+            width,
+            height,
+            len(data),
+        )
+        return RestoredImage(data=data, width=width, height=height, prompt_id=result.prompt_id)
