@@ -9,9 +9,9 @@ from fastapi import FastAPI
 from app import __version__
 from app.api.errors import install_error_handlers
 from app.api.health import router as health_router
+from app.api.resources import ResourcesFactory, build_resources
 from app.api.router import api_v1
 from app.core.config import Settings, get_settings
-from app.core.resources import ResourcesFactory, build_resources
 
 
 def create_app(

@@ -23,8 +23,8 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import StaticPool
 
+from app.api.resources import Resources
 from app.core.config import Settings
-from app.core.resources import Resources
 from app.core.security import generate_token, hash_token
 from app.main import create_app
 from app.models import Base, User

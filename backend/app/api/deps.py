@@ -7,9 +7,9 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.api.resources import Resources
 from app.core.config import Settings
 from app.core.errors import Unauthorized
-from app.core.resources import Resources
 from app.core.security import hash_token
 from app.models import User
 from app.repositories.users import UserRepository
@@ -25,11 +25,12 @@ def get_resources(request: Request) -> Resources:
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
 
 
-def get_settings(resources: ResourcesDep) -> Settings:
+def get_app_settings(resources: ResourcesDep) -> Settings:
+    """The settings the app was built with (`create_app`), not a fresh read of the environment."""
     return resources.settings
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 
 async def get_session(resources: ResourcesDep) -> AsyncIterator[AsyncSession]:

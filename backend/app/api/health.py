@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from app.api.deps import ResourcesDep
-from app.core.resources import Resources
+from app.api.resources import Resources
 from app.schemas.health import CheckResult, Liveness, Readiness
 
 router = APIRouter(tags=["health"])

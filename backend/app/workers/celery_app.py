@@ -1,5 +1,7 @@
 """The Celery application: Redis broker, settings for long jobs that must never be lost."""
 
+from functools import cache
+
 from celery import Celery
 
 from app.core.config import Settings, get_settings
@@ -43,4 +45,16 @@ def configure(celery: Celery, settings: Settings) -> None:
     )
 
 
-celery_app = create_celery_app(get_settings())
+@cache
+def _worker_app() -> Celery:
+    return create_celery_app(get_settings())
+
+
+def __getattr__(name: str) -> Celery:
+    """`celery_app`: the worker's app, configured from the environment on first use.
+
+    Lazy, so that the API, which imports this module for `create_celery_app`, builds none.
+    """
+    if name == "celery_app":
+        return _worker_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,5 +1,8 @@
 """The Celery app: settings for long jobs that must never be lost, all derived from `Settings`."""
 
+import subprocess
+import sys
+
 import pytest
 
 from app.core.config import Settings
@@ -80,3 +83,15 @@ def test_dead_workers_tasks_are_swept_at_the_configured_interval() -> None:
 
     # kombu scans every `interval * throttle` seconds; throttle 1 makes the setting the period.
     assert (options["unacked_restore_interval"], options["unacked_restore_throttle"]) == (5, 1)
+
+
+def test_the_api_builds_no_worker_app() -> None:
+    """The worker's global app is built on first use, never by importing the API."""
+    probe = (
+        "import app.main, app.api.resources, app.workers.celery_app as module; "
+        "print(module._worker_app.cache_info().currsize)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.strip() == "0"
