@@ -5,7 +5,6 @@ a slow password hash would only slow down every request.
 """
 
 import hashlib
-import hmac
 import secrets
 
 TOKEN_PREFIX = "rst_"  # noqa: S105 - a recognisable prefix, not a secret
@@ -17,7 +16,3 @@ def generate_token() -> str:
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-def token_matches(token: str, token_hash: str) -> bool:
-    return hmac.compare_digest(hash_token(token), token_hash)

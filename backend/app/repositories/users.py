@@ -1,7 +1,5 @@
 """Users and API tokens."""
 
-import uuid
-
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -17,9 +15,6 @@ class UserRepository:
         self.session.add(user)
         await self.session.flush()
         return user
-
-    async def get(self, user_id: uuid.UUID) -> User | None:
-        return await self.session.get(User, user_id)
 
     async def get_by_email(self, email: str) -> User | None:
         result = await self.session.execute(select(User).where(User.email == email))

@@ -5,7 +5,6 @@ header before any pixel is decoded, so a decompression bomb costs nothing.
 """
 
 import enum
-import io
 import warnings
 from dataclasses import dataclass
 from typing import IO
@@ -103,13 +102,3 @@ def inspect_image(fileobj: IO[bytes], *, max_pixels: int) -> ImageInfo:
     finally:
         fileobj.seek(0)
     return ImageInfo(format=image_format, width=width, height=height)
-
-
-def image_size(data: bytes) -> tuple[int, int]:
-    """Width and height of an encoded image (the restored result); InvalidImage if unreadable."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            return image.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise InvalidImage(f"The image could not be decoded: {error}") from error

@@ -101,7 +101,6 @@ def _client(settings: Settings, endpoint_url: str | None) -> Any:
 class S3Storage:
     def __init__(self, settings: Settings, client: Any | None = None) -> None:
         self.bucket = settings.s3_bucket
-        self.presign_expiry_seconds = settings.presign_expiry_seconds
         self._transfer = TransferConfig(
             multipart_threshold=settings.s3_multipart_threshold_bytes,
             multipart_chunksize=settings.s3_multipart_threshold_bytes,
@@ -145,12 +144,12 @@ class S3Storage:
 
         return await self._call("download", key, partial(read))
 
-    async def presign_download(self, key: str, *, expires_in: int | None = None) -> str:
+    async def presign_download(self, key: str, *, expires_in: int) -> str:
         function = partial(
             (self._presign_client or self.client).generate_presigned_url,
             "get_object",
             Params={"Bucket": self.bucket, "Key": key},
-            ExpiresIn=expires_in or self.presign_expiry_seconds,
+            ExpiresIn=expires_in,
         )
         url: str = await self._call("presign", key, function)
         return url

@@ -24,10 +24,8 @@ async def test_create_and_find_a_user(users: UserRepository) -> None:
 
     assert isinstance(user.id, uuid.UUID)
     assert user.is_active is True
-    assert await users.get(user.id) is user
     assert await users.get_by_email("carol@example.com") is user
     assert await users.get_by_email("dave@example.com") is None
-    assert await users.get(uuid.uuid4()) is None
 
 
 async def test_email_is_unique(users: UserRepository, session: AsyncSession) -> None:

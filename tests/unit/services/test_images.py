@@ -5,7 +5,7 @@ import io
 import pytest
 
 from app.core.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
-from app.services.images import ImageFormat, image_size, inspect_image, sniff_format
+from app.services.images import ImageFormat, inspect_image, sniff_format
 from fixtures import images
 
 
@@ -64,9 +64,3 @@ def test_stream_is_rewound_for_the_upload_that_follows() -> None:
     inspect_image(stream, max_pixels=10_000)
 
     assert stream.tell() == 0
-
-
-def test_image_size_reads_the_result() -> None:
-    assert image_size(images.make_image("PNG", (12, 34))) == (12, 34)
-    with pytest.raises(InvalidImage):
-        image_size(b"not an image")

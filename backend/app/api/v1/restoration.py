@@ -5,7 +5,7 @@ import uuid
 from typing import Annotated, Any
 
 import anyio.to_thread
-from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from fastapi.responses import RedirectResponse
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -64,7 +64,7 @@ IdempotencyKey = Annotated[
         description="Repeat a request safely: the same key returns the same job.",
     ),
 ]
-JobId = Annotated[uuid.UUID, "the job's id"]
+JobId = Annotated[uuid.UUID, Path(description="The job's id, as returned by the upload.")]
 
 
 def job_location(request: Request, job: RestorationJob) -> str:
