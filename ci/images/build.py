@@ -4,7 +4,8 @@
 No registry is reachable in CI here, so the base comes from Debian's mirror (mmdebstrap, then
 `docker import`), the services from Debian's packages, and Python wheels from the host's pip.
 Every image carries a label with a hash of its recipe; an image already built from the same
-recipe is skipped, so running this again is cheap. The project's images (targets of the root
+recipe is skipped, so running this again is cheap. The e2e tier compares the project images'
+labels with `project_recipes()` of its checkout, and refuses stale ones. The project's images (targets of the root
 Dockerfile) build on a Debian stand-in for the official Python image, with wheels from
 ci/wheelhouse/. Needs only the standard library, the docker CLI, mmdebstrap and pip (run
 ci/docker.sh first on a bare machine).
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -79,15 +81,22 @@ PROJECT_IMAGES = (
     ProjectImage("standin", "restoration-standin:offline", "RESTORATION_STANDIN_IMAGE", "standin"),
     ProjectImage("e2e-worker", "restoration-e2e-worker:offline", "E2E_WORKER_IMAGE", "e2e-worker"),
 )
-# What the root Dockerfile copies: a change to any of it rebuilds the project's images.
+# What the root Dockerfile copies, and the lock file the dependencies resolve from where one
+# exists: a change to any of it rebuilds the project's images.
 PROJECT_SOURCES = (
     "Dockerfile",
     "pyproject.toml",
+    "uv.lock",
     "README.md",
     "alembic.ini",
     "backend",
+    "fixtures/__init__.py",
     "fixtures/comfyui",
 )
+# Left out of the hash as .dockerignore leaves them out of the context, or because the image
+# makes its own (an editable install's metadata).
+UNHASHED_PARTS = ("__pycache__",)
+UNHASHED_SUFFIXES = (".pyc", ".pyo", ".pyd", ".egg-info")
 # Besides the runtime dependencies: the build backend and the stand-in's extra libraries, and what
 # markers ask for on the image's Python but not on the host's (pip evaluates markers on the host):
 # redis needs async-timeout before Python 3.11.3.
@@ -124,15 +133,33 @@ def capture(command: Sequence[str]) -> str:
     return subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
 
 
+@dataclass(frozen=True)
+class BuiltImage:
+    """An image as the daemon has it: its id and the recipe label ("" when it has none)."""
+
+    id: str
+    recipe: str
+
+
+def inspect_image(image: str) -> BuiltImage | None:
+    """The image named `image`, or None when there is no such image."""
+    try:
+        result = subprocess.run(
+            ["docker", "image", "inspect", image], capture_output=True, text=True
+        )
+    except FileNotFoundError:  # no docker CLI: no images either
+        return None
+    if result.returncode != 0:
+        return None
+    (details,) = json.loads(result.stdout)
+    labels = details["Config"].get("Labels") or {}
+    return BuiltImage(details["Id"], labels.get(RECIPE_LABEL, ""))
+
+
 def built_recipe(image: str) -> str | None:
     """The recipe hash an existing image was built from, or None when there is no such image."""
-    label_format = f'{{{{ index .Config.Labels "{RECIPE_LABEL}" }}}}'
-    result = subprocess.run(
-        ["docker", "image", "inspect", "--format", label_format, image],
-        capture_output=True,
-        text=True,
-    )
-    return result.stdout.strip() if result.returncode == 0 else None
+    built = inspect_image(image)
+    return built.recipe if built else None
 
 
 def digest(*parts: str | bytes) -> str:
@@ -159,9 +186,13 @@ def ensure_docker() -> str:
         raise SystemExit("[images] no Docker daemon answers: run ci/docker.sh first") from None
 
 
+def base_recipe() -> str:
+    return digest("mmdebstrap", "--variant=minbase", SUITE)
+
+
 def build_base(rebuild: bool) -> str:
     """Debian minbase from the mirror, imported as an image; returns its recipe hash."""
-    recipe = digest("mmdebstrap", "--variant=minbase", SUITE)
+    recipe = base_recipe()
     if not rebuild and built_recipe(BASE_IMAGE) == recipe:
         log(f"{BASE_IMAGE}: up to date, skipped")
         return recipe
@@ -251,12 +282,16 @@ def docker_build(name: str, context: Path, recipe: str, *args: str, prefix: str)
     )
 
 
-def build_image(spec: ImageSpec, base_recipe: str, docker_arch: str, rebuild: bool) -> str:
-    """Builds one stand-in image unless it is up to date; returns its recipe hash."""
-    recipe = digest(base_recipe, folder_digest(spec.directory))
+def stand_in_recipe(spec: ImageSpec) -> str:
+    return digest(base_recipe(), folder_digest(spec.directory))
+
+
+def build_image(spec: ImageSpec, docker_arch: str, rebuild: bool) -> None:
+    """Builds one stand-in image unless it is up to date."""
+    recipe = stand_in_recipe(spec)
     if not rebuild and built_recipe(spec.name) == recipe:
         log(f"{spec.name}: up to date, skipped")
-        return recipe
+        return
     context = CACHE / "context" / spec.key
     shutil.rmtree(context, ignore_errors=True)
     shutil.copytree(spec.directory, context)
@@ -269,35 +304,43 @@ def build_image(spec: ImageSpec, base_recipe: str, docker_arch: str, rebuild: bo
         spec.name, context, recipe, "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", prefix=spec.key
     )
     shutil.rmtree(context)
-    return recipe
 
 
-def project_requirements() -> Path:
+def project_requirements(root: Path = REPO_ROOT) -> str:
     """The project's runtime dependencies (from pyproject.toml) plus the extras its images need."""
     import tomllib
 
-    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
-    lines = [*project["dependencies"], *PROJECT_EXTRA_REQUIREMENTS]
-    CACHE.mkdir(parents=True, exist_ok=True)
-    path = CACHE / "project-requirements.txt"
-    path.write_text("".join(f"{line}\n" for line in lines))
-    return path
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    return "".join(f"{line}\n" for line in (*project["dependencies"], *PROJECT_EXTRA_REQUIREMENTS))
 
 
-def sources_digest(requirements: Path) -> str:
+def hashed(path: Path) -> bool:
+    return not any(
+        part in UNHASHED_PARTS or part.endswith(UNHASHED_SUFFIXES) for part in path.parts
+    )
+
+
+def sources_digest(root: Path) -> str:
     """What the project's images are built from: their sources and the wheels' requirements."""
-    parts: list[str | bytes] = [requirements.read_bytes()]
+    parts: list[str | bytes] = [project_requirements(root)]
     for source in PROJECT_SOURCES:
-        path = REPO_ROOT / source
+        path = root / source
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
         for file in files:
-            if "__pycache__" not in file.parts:
-                parts += [str(file.relative_to(REPO_ROOT)), file.read_bytes()]
+            relative = file.relative_to(root)
+            if hashed(relative):
+                parts += [str(relative), file.read_bytes()]
     return digest(*parts)
 
 
-def build_project_image(image: ProjectImage, sources_recipe: str, rebuild: bool) -> None:
-    recipe = digest(sources_recipe, image.target)
+def project_recipes(root: Path = REPO_ROOT) -> dict[str, str]:
+    """The recipe label of each project image (by key) built from the checkout at `root`: the
+    Python stand-in's recipe, the sources, the requirements and the Dockerfile target."""
+    sources = digest(stand_in_recipe(PYTHON_IMAGE), sources_digest(root))
+    return {image.key: digest(sources, image.target) for image in PROJECT_IMAGES}
+
+
+def build_project_image(image: ProjectImage, recipe: str, rebuild: bool) -> None:
     if not rebuild and built_recipe(image.name) == recipe:
         log(f"{image.name}: up to date, skipped")
         return
@@ -336,16 +379,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = time.monotonic()
     docker_arch = ensure_docker()
-    base_recipe = build_base(args.rebuild)
+    build_base(args.rebuild)
     for spec in specs:
-        build_image(spec, base_recipe, docker_arch, args.rebuild)
+        build_image(spec, docker_arch, args.rebuild)
     if projects:
-        python_recipe = build_image(PYTHON_IMAGE, base_recipe, docker_arch, args.rebuild)
-        requirements = project_requirements()
+        build_image(PYTHON_IMAGE, docker_arch, args.rebuild)
+        CACHE.mkdir(parents=True, exist_ok=True)
+        requirements = CACHE / "project-requirements.txt"
+        requirements.write_text(project_requirements())
         download_wheels("project images", requirements, docker_arch, WHEELHOUSE)
-        sources_recipe = digest(python_recipe, sources_digest(requirements))
+        recipes = project_recipes()
         for project in projects:
-            build_project_image(project, sources_recipe, args.rebuild)
+            build_project_image(project, recipes[project.key], args.rebuild)
     log(f"done in {time.monotonic() - started:.1f} s; to use these images:")
     for line in env_lines([*specs, *projects]):
         print(f"export {line}")

@@ -4,7 +4,8 @@ Postgres, Redis and S3 come from `fixtures.services` (docker, native or external
 under uvicorn, ComfyUI is the stand-in process. The worker is a container of this project's image
 through pytest-celery's worker container (`fixtures.worker_container`) when the services come
 from Docker, else a real `celery worker` process; `E2E_WORKER=container|process` forces either,
-`E2E_WORKER_IMAGE` names a built image (otherwise it is built from the Dockerfile).
+`E2E_WORKER_IMAGE` names a built image (otherwise it is built from the Dockerfile); an image named
+by a variable must match the checkout (`fixtures.project_images`), and the header shows each one.
 Their logs land in reports/e2e/<xdist worker>/ for a failing run to read.
 """
 
@@ -17,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from fixtures import project_images
 from fixtures.services import WorkerServices
 from fixtures.services.plugin import SHARED
 from fixtures.stack import Stack, StackOptions
@@ -52,10 +54,11 @@ def worker_mode(config: pytest.Config) -> str:
     return mode
 
 
-def pytest_report_header(config: pytest.Config) -> str:
+def pytest_report_header(config: pytest.Config) -> list[str]:
     mode = worker_mode(config)
     image = os.environ.get("E2E_WORKER_IMAGE") or "built from the Dockerfile"
-    return f"e2e worker: {mode}" + (f" ({image})" if mode == "container" else "")
+    worker = f"e2e worker: {mode}" + (f" ({image})" if mode == "container" else "")
+    return [worker, *(f"image {line}" for line in project_images.report_lines())]
 
 
 @pytest.fixture(scope="session")
@@ -63,13 +66,16 @@ def worker_image(request: pytest.FixtureRequest) -> str | None:
     """The image the worker runs from, or None for a worker process."""
     if worker_mode(request.config) == "process":
         return None
-    from fixtures.worker_container import ensure_image  # docker and pytest-celery
+    if image := project_images.fresh_images("E2E_WORKER_IMAGE").get("E2E_WORKER_IMAGE"):
+        return image
+    from fixtures.worker_container import build_image  # docker and pytest-celery
 
-    return ensure_image(os.environ.get("E2E_WORKER_IMAGE") or None)
+    return build_image()
 
 
+# The worker's image first: a stale one fails the tests before any service starts.
 @pytest.fixture(scope="session")
-def stack(services: WorkerServices, worker_id: str, worker_image: str | None) -> Iterator[Stack]:
+def stack(worker_image: str | None, services: WorkerServices, worker_id: str) -> Iterator[Stack]:
     options = StackOptions(
         services_env=services.env(),
         log_dir=REPORTS / worker_id,

@@ -4,6 +4,8 @@ stand-in, driven over HTTP from this machine like the README's curl lines.
 Needs a Docker daemon and Compose (`docker compose` or `docker-compose`); without them the module
 is skipped and says why. The images come from the environment as compose.yaml reads it
 (TEST_*_IMAGE, RESTORATION_*IMAGE: `nox -s images` prints them where no registry is reachable).
+The project's images must match the checkout (`fixtures.project_images`); where no variable names
+one, compose builds it from the Dockerfile as it is now.
 """
 
 import io
@@ -20,12 +22,15 @@ import httpx
 import pytest
 from PIL import Image
 
+from fixtures import project_images
 from fixtures.photos import DegradedPhoto, degraded_photo
 from fixtures.stack import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REPORTS = REPO_ROOT / "reports" / "e2e"
 START_TIMEOUT_S = 300  # includes building the project's images when they are missing
+# The compose service that builds each project image, by the variable that can name it instead.
+IMAGE_SERVICES = {"RESTORATION_IMAGE": "api", "RESTORATION_STANDIN_IMAGE": "comfyui"}
 
 
 def compose_command() -> list[str] | None:
@@ -78,6 +83,9 @@ def compose() -> Iterator[ComposeStack]:
     command = compose_command()
     if command is None:
         pytest.skip("neither `docker compose` nor `docker-compose` is installed")
+    # An image left from an earlier build would be used as it is: build those no variable names.
+    named = project_images.fresh_images(*IMAGE_SERVICES)
+    to_build = [service for env_var, service in IMAGE_SERVICES.items() if env_var not in named]
     api_port, s3_port = free_port(), free_port()
     project = f"restoration-e2e-{uuid.uuid4().hex[:8]}"
     env = {
@@ -90,6 +98,8 @@ def compose() -> Iterator[ComposeStack]:
     stack = ComposeStack(command, env, f"http://127.0.0.1:{api_port}")
     try:
         try:
+            if to_build:
+                stack.run("build", *to_build)
             stack.run("up", "--detach")
         except AssertionError as error:
             raise AssertionError(
