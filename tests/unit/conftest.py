@@ -4,9 +4,7 @@ SQLite in memory (each test inside a transaction that is rolled back), S3 throug
 mock, the Celery enqueue replaced by a recorder, ComfyUI replaced at its interface.
 """
 
-import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -25,15 +23,18 @@ from sqlalchemy.pool import StaticPool
 
 from app.api.resources import Resources
 from app.core.config import Settings
-from app.core.security import generate_token, hash_token
 from app.main import create_app
-from app.models import Base, User
-from app.repositories.users import UserRepository
-from app.services.comfyui import ComfyUIHealth
+from app.models import Base
 from app.services.s3 import S3Storage
 from app.workers.queue import QueueError
-
-BUCKET = "unit-bucket"
+from fixtures.accounts import Account
+from tests.unit.helpers import (
+    BUCKET,
+    FakeBroker,
+    FakeComfyUIHealth,
+    RecordingTaskQueue,
+    make_account,
+)
 
 
 @pytest.fixture
@@ -139,38 +140,6 @@ def s3_client(storage: S3Storage) -> Any:
 # --- doubles for the broker and ComfyUI
 
 
-@dataclass
-class RecordingTaskQueue:
-    """Stands in for Celery in API tests: records what would have been sent."""
-
-    enqueued: list[uuid.UUID] = field(default_factory=list)
-    error: Exception | None = None
-
-    async def enqueue_restoration(self, job_id: uuid.UUID) -> None:
-        if self.error is not None:
-            raise self.error
-        self.enqueued.append(job_id)
-
-
-@dataclass
-class FakeBroker:
-    error: Exception | None = None
-
-    async def ping(self) -> None:
-        if self.error is not None:
-            raise self.error
-
-
-@dataclass
-class FakeComfyUIHealth:
-    health_answer: ComfyUIHealth = field(
-        default_factory=lambda: ComfyUIHealth(ok=True, version="0.3.64", devices=["cpu"])
-    )
-
-    async def health(self) -> ComfyUIHealth:
-        return self.health_answer
-
-
 @pytest.fixture
 def task_queue() -> RecordingTaskQueue:
     return RecordingTaskQueue()
@@ -233,25 +202,6 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 
 # --- users and tokens
-
-
-@dataclass
-class Account:
-    user: User
-    token: str
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
-
-
-async def make_account(session: AsyncSession, email: str) -> Account:
-    users = UserRepository(session)
-    user = await users.create(email)
-    token = generate_token()
-    await users.add_token(user, name="test", token_hash=hash_token(token))
-    await session.commit()
-    return Account(user=user, token=token)
 
 
 @pytest.fixture

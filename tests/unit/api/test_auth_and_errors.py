@@ -8,7 +8,7 @@ from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
 from app.models import ApiToken, User
-from tests.unit.conftest import Account
+from fixtures.accounts import Account
 
 pytestmark = pytest.mark.anyio
 

@@ -10,7 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.models import JobStatus, RestorationJob
 from app.services.s3 import StorageTransientError
 from fixtures import images
-from tests.unit.conftest import Account, RecordingTaskQueue
+from fixtures.accounts import Account
+from tests.unit.helpers import RecordingTaskQueue
 
 pytestmark = pytest.mark.anyio
 

@@ -8,8 +8,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import JobStatus, RestorationJob
 from app.services.s3 import StorageTransientError
+from fixtures.accounts import Account
 from tests.unit.api.test_restoration_read import add_job
-from tests.unit.conftest import Account
 
 pytestmark = pytest.mark.anyio
 

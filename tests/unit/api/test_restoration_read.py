@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import JobStatus, RestorationJob, User
-from tests.unit.conftest import Account
+from fixtures.accounts import Account
 
 pytestmark = pytest.mark.anyio
 

@@ -27,8 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.models import ApiToken, Base, JobStatus, RestorationJob, User
 from app.models.base import utcnow
 from app.repositories.users import UserRepository
+from fixtures.accounts import Account
 from fixtures.jobs import new_job
-from tests.unit.conftest import Account
 
 ALEMBIC_INI = Path(__file__).resolve().parents[3] / "alembic.ini"
 

@@ -10,8 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.models import JobStatus, RestorationJob
 from app.models.base import utcnow
 from app.repositories.restoration import RestorationJobRepository
+from fixtures.accounts import Account
 from fixtures.jobs import new_job
-from tests.unit.conftest import Account
 
 pytestmark = pytest.mark.anyio
 

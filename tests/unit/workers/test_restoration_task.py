@@ -36,8 +36,9 @@ from app.workers.context import WorkerContext
 from app.workers.tasks import restoration as task_module
 from app.workers.tasks.restoration import Outcome, Result, backoff_seconds, process_job
 from fixtures import images
+from fixtures.accounts import Account
 from fixtures.jobs import new_job
-from tests.unit.conftest import BUCKET, Account
+from tests.unit.helpers import BUCKET
 
 pytestmark = pytest.mark.anyio
 

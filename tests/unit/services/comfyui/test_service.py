@@ -13,7 +13,6 @@ import logging
 import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 from uuid import UUID, uuid4
@@ -37,12 +36,13 @@ from app.services.comfyui import (
     WorkflowRejected,
 )
 from app.workflows import WorkflowError
-
-DATA = Path(__file__).parent / "data" / "comfyui"
+from fixtures.comfyui.specs import DATA_DIR
 
 
 def recorded(name: str) -> Any:
-    return json.loads((DATA / name).read_text("utf-8"))
+    """A recording of the real server, from the one copy the stand-in serves too."""
+    folder = DATA_DIR if name == "object_info_image_nodes.json" else DATA_DIR / "captures"
+    return json.loads((folder / name).read_text("utf-8"))
 
 
 def messages(recording: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -1,12 +1,11 @@
 """The ComfyUI client's HTTP side: error mapping, uploads, host queries and workflow validation.
 
-ComfyUI's answers are the ones recorded from a real 0.3.64 (`data/comfyui/`), served by respx.
+ComfyUI's answers are the ones recorded from a real 0.3.64 (`fixtures/comfyui/data/`), served by respx.
 """
 
 import copy
 import json
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -23,13 +22,15 @@ from app.services.comfyui import (
     WorkflowRejected,
 )
 from app.workflows import build_workflow
+from fixtures.comfyui.specs import DATA_DIR
 
 BASE = "http://comfy.test:8188"
-DATA = Path(__file__).parent / "data" / "comfyui"
 
 
 def recorded(name: str) -> Any:
-    return json.loads((DATA / name).read_text("utf-8"))
+    """A recording of the real server, from the one copy the stand-in serves too."""
+    folder = DATA_DIR if name == "object_info_image_nodes.json" else DATA_DIR / "captures"
+    return json.loads((folder / name).read_text("utf-8"))
 
 
 OBJECT_INFO: dict[str, Any] = recorded("object_info_image_nodes.json")

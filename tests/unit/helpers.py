@@ -1,0 +1,55 @@
+"""Doubles and builders for the unit tier's tests; the fixtures that hand them out are in conftest."""
+
+import uuid
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.security import generate_token, hash_token
+from app.repositories.users import UserRepository
+from app.services.comfyui import ComfyUIHealth
+from fixtures.accounts import Account
+
+BUCKET = "unit-bucket"
+
+
+@dataclass
+class RecordingTaskQueue:
+    """Stands in for Celery in API tests: records what would have been sent."""
+
+    enqueued: list[uuid.UUID] = field(default_factory=list)
+    error: Exception | None = None
+
+    async def enqueue_restoration(self, job_id: uuid.UUID) -> None:
+        if self.error is not None:
+            raise self.error
+        self.enqueued.append(job_id)
+
+
+@dataclass
+class FakeBroker:
+    error: Exception | None = None
+
+    async def ping(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+@dataclass
+class FakeComfyUIHealth:
+    health_answer: ComfyUIHealth = field(
+        default_factory=lambda: ComfyUIHealth(ok=True, version="0.3.64", devices=["cpu"])
+    )
+
+    async def health(self) -> ComfyUIHealth:
+        return self.health_answer
+
+
+async def make_account(session: AsyncSession, email: str) -> Account:
+    """A user with one token, committed in the test's session (so rolled back with it)."""
+    users = UserRepository(session)
+    user = await users.create(email)
+    token = generate_token()
+    await users.add_token(user, name="test", token_hash=hash_token(token))
+    await session.commit()
+    return Account(email=email, token=token, user=user)
