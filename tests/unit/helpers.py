@@ -3,9 +3,11 @@
 import uuid
 from dataclasses import dataclass, field
 
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.security import generate_token, hash_token
+from app.models import RestorationJob
 from app.repositories.users import UserRepository
 from app.services.comfyui import ComfyUIHealth
 from fixtures.accounts import Account
@@ -53,3 +55,14 @@ async def make_account(session: AsyncSession, email: str) -> Account:
     await users.add_token(user, name="test", token_hash=hash_token(token))
     await session.commit()
     return Account(email=email, token=token, user=user)
+
+
+def upload(
+    data: bytes, filename: str = "photo.bin", content_type: str = "application/octet-stream"
+) -> dict[str, tuple[str, bytes, str]]:
+    """`files=` for an upload to POST /api/v1/restorations; only the bytes count, not the names."""
+    return {"file": (filename, data, content_type)}
+
+
+async def count_jobs(session: AsyncSession) -> int:
+    return await session.scalar(select(func.count()).select_from(RestorationJob)) or 0

@@ -4,28 +4,17 @@ import uuid
 
 import httpx
 import pytest
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import JobStatus, RestorationJob
 from app.services.s3 import StorageTransientError
 from fixtures import images
 from fixtures.accounts import Account
-from tests.unit.helpers import RecordingTaskQueue
+from tests.unit.helpers import RecordingTaskQueue, count_jobs, upload
 
 pytestmark = pytest.mark.anyio
 
 URL = "/api/v1/restorations"
-
-
-def upload(
-    data: bytes, filename: str = "photo.bin", content_type: str = "application/octet-stream"
-):
-    return {"file": (filename, data, content_type)}
-
-
-async def count_jobs(session: AsyncSession) -> int:
-    return await session.scalar(select(func.count()).select_from(RestorationJob)) or 0
 
 
 @pytest.mark.parametrize(
@@ -130,87 +119,6 @@ async def test_refuses_broken_or_oversized_images_with_422(
     assert response.json()["error"]["code"] == code
     assert await count_jobs(session) == 0
     assert s3_client.list_objects_v2(Bucket=settings.s3_bucket)["KeyCount"] == 0
-
-
-async def test_refuses_files_over_the_size_limit_with_413(
-    client: httpx.AsyncClient, alice: Account, session: AsyncSession, settings
-) -> None:
-    data = b"\xff\xd8\xff" + b"\x00" * settings.max_upload_bytes
-    response = await client.post(URL, files=upload(data), headers=alice.headers)
-
-    assert response.status_code == 413
-    body = response.json()["error"]
-    assert body["code"] == "payload_too_large"
-    assert body["details"] == {"max_bytes": settings.max_upload_bytes}
-    assert await count_jobs(session) == 0
-
-
-async def test_size_limit_holds_while_streaming_without_content_length(
-    client: httpx.AsyncClient, alice: Account, settings
-) -> None:
-    """A chunked body declares no length: the limit must hold on the bytes as they arrive."""
-    boundary = "unit-boundary"
-    chunks_sent = 0
-    total_chunks = 64
-    chunk = b"\x00" * (settings.max_upload_bytes // 8)
-
-    async def body():
-        nonlocal chunks_sent
-        yield f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n'.encode()
-        for _ in range(total_chunks):
-            chunks_sent += 1
-            yield chunk
-        yield f"\r\n--{boundary}--\r\n".encode()
-
-    response = await client.post(
-        URL,
-        content=body(),
-        headers={**alice.headers, "Content-Type": f"multipart/form-data; boundary={boundary}"},
-    )
-
-    assert response.status_code == 413
-    assert response.json()["error"]["code"] == "payload_too_large"
-    # It stopped reading soon after the limit instead of taking the whole body.
-    assert chunks_sent < total_chunks
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        pytest.param(
-            {"files": {"note": (None, "no file here")}}, "required", id="missing-file-field"
-        ),
-        pytest.param({"data": {"note": "urlencoded"}}, "multipart", id="urlencoded-form"),
-        pytest.param(
-            {"files": {"image": ("a.png", images.make_image(), "image/png")}},
-            "required",
-            id="wrong-field-name",
-        ),
-        pytest.param(
-            {"content": b"raw bytes", "headers": {"Content-Type": "image/png"}},
-            "multipart",
-            id="not-multipart",
-        ),
-        pytest.param(
-            {
-                "content": b"--x\r\ngarbage",
-                "headers": {"Content-Type": "multipart/form-data; boundary=x"},
-            },
-            "",
-            id="malformed-multipart",
-        ),
-    ],
-)
-async def test_refuses_malformed_requests_with_422(
-    client: httpx.AsyncClient, alice: Account, kwargs: dict, message: str
-) -> None:
-    headers = {**alice.headers, **kwargs.pop("headers", {})}
-    response = await client.post(URL, headers=headers, **kwargs)
-
-    assert response.status_code == 422, response.text
-    error = response.json()["error"]
-    assert error["code"] == "validation_error"
-    assert message in error["message"]
 
 
 async def test_storage_failure_answers_503_and_leaves_no_job(

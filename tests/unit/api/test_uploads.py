@@ -1,0 +1,140 @@
+"""The upload limits of POST /api/v1/restorations (`app.api.uploads`): the file's size, as declared
+and as it streams in, the form fields around it, and the shape of the multipart body."""
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.api.uploads import ENVELOPE_BYTES
+from fixtures import images
+from fixtures.accounts import Account
+from tests.unit.helpers import count_jobs, upload
+
+pytestmark = pytest.mark.anyio
+
+URL = "/api/v1/restorations"
+
+
+async def test_refuses_files_over_the_size_limit_with_413(
+    client: httpx.AsyncClient, alice: Account, session: AsyncSession, settings
+) -> None:
+    data = b"\xff\xd8\xff" + b"\x00" * settings.max_upload_bytes
+    response = await client.post(URL, files=upload(data), headers=alice.headers)
+
+    assert response.status_code == 413
+    body = response.json()["error"]
+    assert body["code"] == "payload_too_large"
+    assert body["details"] == {"max_bytes": settings.max_upload_bytes}
+    assert await count_jobs(session) == 0
+
+
+async def test_size_limit_holds_while_streaming_without_content_length(
+    client: httpx.AsyncClient, alice: Account, settings
+) -> None:
+    """A chunked body declares no length: the limit must hold on the bytes as they arrive."""
+    boundary = "unit-boundary"
+    chunks_sent = 0
+    total_chunks = 64
+    chunk = b"\x00" * (settings.max_upload_bytes // 8)
+
+    async def body():
+        nonlocal chunks_sent
+        yield f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n'.encode()
+        for _ in range(total_chunks):
+            chunks_sent += 1
+            yield chunk
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    response = await client.post(
+        URL,
+        content=body(),
+        headers={**alice.headers, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"
+    # It stopped reading soon after the limit instead of taking the whole body.
+    assert chunks_sent < total_chunks
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        pytest.param(
+            {"files": {"note": (None, "no file here")}}, "required", id="missing-file-field"
+        ),
+        pytest.param({"data": {"note": "urlencoded"}}, "multipart", id="urlencoded-form"),
+        pytest.param(
+            {"files": {"image": ("a.png", images.make_image(), "image/png")}},
+            "required",
+            id="wrong-field-name",
+        ),
+        pytest.param(
+            {"content": b"raw bytes", "headers": {"Content-Type": "image/png"}},
+            "multipart",
+            id="not-multipart",
+        ),
+        pytest.param(
+            {
+                "content": b"--x\r\ngarbage",
+                "headers": {"Content-Type": "multipart/form-data; boundary=x"},
+            },
+            "",
+            id="malformed-multipart",
+        ),
+    ],
+)
+async def test_refuses_malformed_requests_with_422(
+    client: httpx.AsyncClient, alice: Account, kwargs: dict, message: str
+) -> None:
+    headers = {**alice.headers, **kwargs.pop("headers", {})}
+    response = await client.post(URL, headers=headers, **kwargs)
+
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "validation_error"
+    assert message in error["message"]
+
+
+async def test_form_fields_besides_the_file_are_limited_to_the_envelope(
+    client: httpx.AsyncClient, alice: Account, session: AsyncSession
+) -> None:
+    """Other parts are counted, not stored: past 64 KiB of them the request is refused with 413,
+    though the file itself is small and the whole body is under the declared limit."""
+    files = {
+        **upload(images.make_image()),
+        "note": (None, b"n" * (ENVELOPE_BYTES + 1)),
+    }
+    response = await client.post(URL, files=files, headers=alice.headers)
+
+    assert response.status_code == 413, response.text
+    error = response.json()["error"]
+    assert error["code"] == "payload_too_large"
+    assert error["message"] == "The form fields besides the file are too large."
+    assert await count_jobs(session) == 0
+
+
+async def test_form_fields_up_to_the_envelope_are_accepted(
+    client: httpx.AsyncClient, alice: Account
+) -> None:
+    files = {**upload(images.make_image()), "note": (None, b"n" * ENVELOPE_BYTES)}
+    response = await client.post(URL, files=files, headers=alice.headers)
+
+    assert response.status_code == 202, response.text
+
+
+async def test_two_file_parts_are_refused_with_422(
+    client: httpx.AsyncClient, alice: Account, session: AsyncSession
+) -> None:
+    """Which of two files to restore would be a guess: exactly one `file` part is accepted."""
+    files = [
+        ("file", ("a.png", images.make_image(seed=1), "image/png")),
+        ("file", ("b.png", images.make_image(seed=2), "image/png")),
+    ]
+    response = await client.post(URL, files=files, headers=alice.headers)
+
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "validation_error"
+    assert error["message"] == "Send exactly one 'file' part."
+    assert await count_jobs(session) == 0
