@@ -51,6 +51,30 @@ def run_tier(
     )
 
 
+def comfyui_host(session: nox.Session) -> str:
+    """COMFYUI_URL, checked: the session fails (before installing anything) unless it names a
+    ComfyUI that answers GET /system_stats with its version."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    url = os.environ.get("COMFYUI_URL", "").strip()
+    if not url:
+        session.error(
+            "COMFYUI_URL is not set: the gpu tier runs against a real ComfyUI host, "
+            "e.g. COMFYUI_URL=http://gpu-runner:8188 nox -s gpu"
+        )
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/system_stats", timeout=10) as response:
+            stats = json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        session.error(f"ComfyUI at COMFYUI_URL={url} is unreachable: GET /system_stats: {exc}")
+    if not isinstance(stats, dict) or "comfyui_version" not in stats.get("system", {}):
+        session.error(f"COMFYUI_URL={url} is not a ComfyUI host: /system_stats lacks its version")
+    session.log(f"ComfyUI {stats['system']['comfyui_version']} at {url}")
+    return url
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff check and format check; actionlint on the GitHub workflows."""
@@ -82,24 +106,7 @@ def gpu(session: nox.Session) -> None:
     the session before anything is installed. Not in the default list. Reports go to
     reports/gpu/gpu-report.{json,html}; see tests/gpu/conftest.py for the other variables.
     """
-    import json
-    import urllib.error
-    import urllib.request
-
-    url = os.environ.get("COMFYUI_URL", "").strip()
-    if not url:
-        session.error(
-            "COMFYUI_URL is not set: the gpu tier runs against a real ComfyUI host, "
-            "e.g. COMFYUI_URL=http://gpu-runner:8188 nox -s gpu"
-        )
-    try:
-        with urllib.request.urlopen(f"{url.rstrip('/')}/system_stats", timeout=10) as response:
-            stats = json.loads(response.read())
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        session.error(f"ComfyUI at COMFYUI_URL={url} is unreachable: GET /system_stats: {exc}")
-    if not isinstance(stats, dict) or "comfyui_version" not in stats.get("system", {}):
-        session.error(f"COMFYUI_URL={url} is not a ComfyUI host: /system_stats lacks its version")
-    session.log(f"ComfyUI {stats['system']['comfyui_version']} at {url}")
+    url = comfyui_host(session)
     install(session, "gpu")
     # No xdist: one host runs one prompt at a time, and the latencies are per image.
     run_tier(session, "gpu", env={"COMFYUI_URL": url})
