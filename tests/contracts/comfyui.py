@@ -39,6 +39,7 @@ from app.services.comfyui import (
     WorkflowRejected,
 )
 from app.workflows import Workflow, build_workflow, load_workflow, output_node
+from fixtures.images import make_image
 
 # Bounds for one prompt: a healthy host finishes these small graphs in well under a second.
 RUN_TIMEOUT = 120.0
@@ -53,27 +54,6 @@ INTERRUPT_CHAIN = 24
 INTERRUPT_BLUR = {"blur_radius": 12, "sigma": 5.0}
 
 VERSION = re.compile(r"^\d+\.\d+\.\d+")
-
-
-def png(width: int, height: int, seed: int = 0, *, noise: bool = True) -> bytes:
-    """An RGB PNG: a seeded gradient (plus seeded noise), so different seeds give different bytes."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    phase = rng.uniform(0, 255, size=3).astype(np.float32)
-    pixels = np.stack(
-        [
-            x * 255 / max(width - 1, 1) + phase[0],
-            y * 255 / max(height - 1, 1) + phase[1],
-            (x + y) * 127 / max(width + height - 2, 1) + phase[2],
-        ],
-        axis=-1,
-    )
-    if noise:
-        pixels += rng.normal(0, 12, size=pixels.shape).astype(np.float32)
-    image = Image.fromarray((np.mod(pixels, 256)).astype(np.uint8), "RGB")
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def decode(data: bytes) -> Image.Image:
@@ -184,7 +164,9 @@ class ComfyUIContract:
     async def _upload(
         self, client: ComfyUIClient, unique: str, width: int = 64, height: int = 48, seed: int = 0
     ) -> UploadedImage:
-        return await client.upload_image(png(width, height, seed), "input.png", unique)
+        return await client.upload_image(
+            make_image(size=(width, height), seed=seed, noise=True), "input.png", unique
+        )
 
     # --- health
 
@@ -256,7 +238,7 @@ class ComfyUIContract:
     async def test_upload_returns_name_subfolder_and_type(
         self, client: ComfyUIClient, unique: str
     ) -> None:
-        data = png(32, 24, seed=1)
+        data = make_image(size=(32, 24), seed=1, noise=True)
         uploaded = await client.upload_image(data, "photo.png", unique, overwrite=False)
 
         assert uploaded == UploadedImage(name="photo.png", subfolder=unique, type="input")
@@ -266,7 +248,7 @@ class ComfyUIContract:
     async def test_upload_of_identical_bytes_keeps_the_name(
         self, client: ComfyUIClient, unique: str
     ) -> None:
-        data = png(32, 24, seed=2)
+        data = make_image(size=(32, 24), seed=2, noise=True)
         first = await client.upload_image(data, "same.png", unique, overwrite=False)
         again = await client.upload_image(data, "same.png", unique, overwrite=False)
         assert first.name == again.name == "same.png"
@@ -274,7 +256,11 @@ class ComfyUIContract:
     async def test_upload_clash_is_renamed_unless_overwrite(
         self, client: ComfyUIClient, unique: str
     ) -> None:
-        first, second, third = png(32, 24, seed=3), png(32, 24, seed=4), png(32, 24, seed=5)
+        first, second, third = (
+            make_image(size=(32, 24), seed=3, noise=True),
+            make_image(size=(32, 24), seed=4, noise=True),
+            make_image(size=(32, 24), seed=5, noise=True),
+        )
         assert len({first, second, third}) == 3
 
         kept = await client.upload_image(first, "clash.png", unique, overwrite=False)
@@ -511,7 +497,7 @@ class ComfyUIContract:
     ) -> None:
         side = INTERRUPT_IMAGE_SIDE
         uploaded = await client.upload_image(
-            png(side, side, seed=9, noise=False), "big.png", unique
+            make_image(size=(side, side), seed=9), "big.png", unique
         )
         graph = blur_chain(uploaded.load_image_value, f"{unique}/out")
         submitted = record_prompt_ids(client)
@@ -545,7 +531,7 @@ class ComfyUIContract:
     async def test_timeout_interrupts_the_prompt(self, client: ComfyUIClient, unique: str) -> None:
         side = INTERRUPT_IMAGE_SIDE
         uploaded = await client.upload_image(
-            png(side, side, seed=10, noise=False), "big.png", unique
+            make_image(size=(side, side), seed=10), "big.png", unique
         )
         graph = blur_chain(uploaded.load_image_value, f"{unique}/out")
         submitted = record_prompt_ids(client)

@@ -16,17 +16,15 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
 from PIL import Image
 
-from fixtures import project_images
+from fixtures import REPO_ROOT, project_images
+from fixtures.net import free_port
 from fixtures.photos import DegradedPhoto, degraded_photo
-from fixtures.stack import free_port
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 REPORTS = REPO_ROOT / "reports" / "e2e"
 START_TIMEOUT_S = 300  # includes building the project's images when they are missing
 # The compose service that builds each project image, by the variable that can name it instead.

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from ci.images import build
+from fixtures import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 ENV_VARS = tuple(image.env_var for image in build.PROJECT_IMAGES)
 # Neither copied nor hashed: history, environments, outputs, caches and downloaded wheels.
 NOT_COPIED = shutil.ignore_patterns(

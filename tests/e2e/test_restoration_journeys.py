@@ -11,9 +11,10 @@ import pytest
 from PIL import Image
 
 from fixtures import images
+from fixtures.accounts import Account
 from fixtures.photos import DegradedPhoto, degraded_photo
 from fixtures.stack import Stack
-from tests.e2e.conftest import Client, User
+from tests.e2e.helpers import Client
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def assert_restored(result: Image.Image, photo: DegradedPhoto) -> None:
 
 
 def test_upload_follow_and_download_the_restored_photo(
-    client: Client, alice: User, photo: DegradedPhoto
+    client: Client, alice: Account, photo: DegradedPhoto
 ) -> None:
     response = client.upload(alice, photo.png)
 
@@ -59,7 +60,7 @@ def test_upload_follow_and_download_the_restored_photo(
     assert httpx.get(redirect.headers["location"], timeout=30).status_code == 200
 
 
-def test_several_uploads_at_once_all_complete(client: Client, alice: User) -> None:
+def test_several_uploads_at_once_all_complete(client: Client, alice: Account) -> None:
     photos = [
         degraded_photo(name, seed=2, max_side=192)
         for name in ("astronaut", "coffee", "rocket", "camera")
@@ -92,7 +93,7 @@ def test_several_uploads_at_once_all_complete(client: Client, alice: User) -> No
     ],
 )
 def test_a_bad_file_is_refused_and_leaves_nothing_behind(
-    client: Client, alice: User, data: bytes, status: int, code: str
+    client: Client, alice: Account, data: bytes, status: int, code: str
 ) -> None:
     response = client.upload(alice, data)
 
@@ -103,7 +104,7 @@ def test_a_bad_file_is_refused_and_leaves_nothing_behind(
 
 
 def test_another_users_job_is_invisible(
-    client: Client, alice: User, bob: User, photo: DegradedPhoto
+    client: Client, alice: Account, bob: Account, photo: DegradedPhoto
 ) -> None:
     job_id = client.upload(alice, photo.png).json()["id"]
 
@@ -122,7 +123,7 @@ def test_another_users_job_is_invisible(
 
 @pytest.mark.usefixtures("needs_standin")
 def test_comfyui_failing_mid_run_fails_the_job_with_a_readable_message(
-    client: Client, alice: User, photo: DegradedPhoto
+    client: Client, alice: Account, photo: DegradedPhoto
 ) -> None:
     client.set_fault(
         kind="node_error",
@@ -146,7 +147,7 @@ def test_comfyui_failing_mid_run_fails_the_job_with_a_readable_message(
 
 @pytest.mark.usefixtures("needs_standin")
 def test_comfyui_down_then_back_the_job_completes_after_retries(
-    stack: Stack, client: Client, alice: User, photo: DegradedPhoto
+    stack: Stack, client: Client, alice: Account, photo: DegradedPhoto
 ) -> None:
     assert stack.standin is not None
     stack.standin.stop()
@@ -170,7 +171,7 @@ def test_comfyui_down_then_back_the_job_completes_after_retries(
 
 @pytest.mark.usefixtures("needs_standin")
 def test_cancel_during_processing_stops_comfyui(
-    client: Client, alice: User, photo: DegradedPhoto
+    client: Client, alice: Account, photo: DegradedPhoto
 ) -> None:
     client.set_fault(kind="hang", node="ImageSharpen")
     job_id = client.upload(alice, photo.png).json()["id"]
@@ -202,7 +203,7 @@ def test_cancel_during_processing_stops_comfyui(
 
 @pytest.mark.usefixtures("needs_standin")
 def test_worker_killed_mid_job_the_job_is_not_lost(
-    stack: Stack, client: Client, alice: User, photo: DegradedPhoto
+    stack: Stack, client: Client, alice: Account, photo: DegradedPhoto
 ) -> None:
     client.set_fault(kind="slow", node="ImageSharpen", seconds=4, count=1)
     job_id = client.upload(alice, photo.png).json()["id"]

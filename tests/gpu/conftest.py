@@ -24,12 +24,13 @@ from typing import Any
 import httpx
 import pytest
 
+from fixtures import REPO_ROOT
 from tests.gpu.gpu_reporting import GpuReport
 
 URL_ENV = "COMFYUI_URL"
 MODEL_SCALE_ENV = "COMFYUI_UPSCALE_MODEL_SCALE"
 HERE = Path(__file__).resolve().parent
-REPORT_DIR = HERE.parents[1] / "reports" / "gpu"
+REPORT_DIR = REPO_ROOT / "reports" / "gpu"
 _REPORT = pytest.StashKey[GpuReport]()
 _WRITTEN = pytest.StashKey[tuple[Path, Path]]()
 

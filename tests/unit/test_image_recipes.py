@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from ci.images import build
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from fixtures import REPO_ROOT
 
 
 @pytest.fixture

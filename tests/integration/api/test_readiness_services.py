@@ -9,9 +9,10 @@ import httpx
 import pytest
 
 from app.core.config import Settings
-from fixtures.netproxy import TcpProxy, closed_port
+from fixtures.net import free_port
+from fixtures.netproxy import TcpProxy
 from fixtures.services import WorkerServices
-from tests.integration.conftest import (
+from tests.integration.helpers import (
     ApiClient,
     database_url_via,
     endpoint_of,
@@ -114,7 +115,7 @@ async def test_a_paused_database_makes_the_api_unready(
 async def test_comfyui_down_is_reported_but_the_api_stays_ready(
     settings: Settings, api_client: ApiClient
 ) -> None:
-    app_settings = settings.model_copy(update={"comfyui_url": f"http://127.0.0.1:{closed_port()}"})
+    app_settings = settings.model_copy(update={"comfyui_url": f"http://127.0.0.1:{free_port()}"})
     async with api_client(app_settings) as client:
         response = await client.get("/readyz")
 

@@ -12,10 +12,10 @@ import pytest
 
 from app.core.config import Settings
 from fixtures import images
+from fixtures.accounts import Account
 from fixtures.netproxy import TcpProxy
 from fixtures.services import WorkerServices
-from tests.integration.conftest import (
-    Account,
+from tests.integration.helpers import (
     ApiClient,
     JobsTable,
     database_url_via,

@@ -13,7 +13,8 @@ import pytest
 
 from app.core.config import Settings
 from fixtures import images
-from tests.integration.conftest import Account, JobsTable, object_keys, queued_messages, s3_client
+from fixtures.accounts import Account
+from tests.integration.helpers import JobsTable, object_keys, queued_messages, s3_client
 
 pytestmark = pytest.mark.anyio
 

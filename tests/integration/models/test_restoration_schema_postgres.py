@@ -4,7 +4,6 @@ their cascades."""
 
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import alembic.command
@@ -18,10 +17,9 @@ from psycopg import errors, sql
 from sqlalchemy import create_engine, inspect
 
 from app.models import Base
+from fixtures import REPO_ROOT
 from fixtures.services import WorkerServices
 from fixtures.services.database import admin_connection, drop_database
-
-REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def alembic_config(database_url: str) -> alembic.config.Config:

@@ -12,8 +12,8 @@ from PIL import Image
 
 from app.core.config import Settings
 from fixtures import images
-from tests.integration.conftest import (
-    Account,
+from fixtures.accounts import Account
+from tests.integration.helpers import (
     JobsTable,
     StandIn,
     StatusLog,

@@ -27,10 +27,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.models import ApiToken, Base, JobStatus, RestorationJob, User
 from app.models.base import utcnow
 from app.repositories.users import UserRepository
+from fixtures import REPO_ROOT
 from fixtures.accounts import Account
 from fixtures.jobs import new_job
 
-ALEMBIC_INI = Path(__file__).resolve().parents[3] / "alembic.ini"
+ALEMBIC_INI = REPO_ROOT / "alembic.ini"
 
 
 async def count(session: AsyncSession, model: type[Base]) -> int:

@@ -14,8 +14,9 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedOK
 
+from fixtures import REPO_ROOT
 from fixtures.comfyui import StandinConfig, StandinServer
-from fixtures.comfyui.process import REPO_ROOT, run_standin, standin_command
+from fixtures.comfyui.process import run_standin, standin_command
 
 
 def get_json(url: str) -> object:

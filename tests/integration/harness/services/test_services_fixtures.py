@@ -14,6 +14,7 @@ from alembic.script import ScriptDirectory
 
 from app.core.config import Settings
 from app.models import Base
+from fixtures import REPO_ROOT
 from fixtures.services import APP_ENV_VARS, ServiceEndpoints, WorkerServices
 from fixtures.services.isolation import (
     Isolation,
@@ -22,7 +23,6 @@ from fixtures.services.isolation import (
     worker_index,
     worker_services,
 )
-from fixtures.services.migrations import REPO_ROOT
 from fixtures.services.run import RunContext
 
 

@@ -9,8 +9,8 @@ import signal
 
 import pytest
 
-from tests.integration.services.conftest import InnerRun
-from tests.integration.services.servers import SERVICES, servers
+from tests.integration.harness.services.helpers import InnerRun
+from tests.integration.harness.services.servers import SERVICES, servers
 
 ONE_OF_EACH = dict.fromkeys(SERVICES, 1)
 INTERRUPTED = 2  # pytest's exit code after Ctrl-C

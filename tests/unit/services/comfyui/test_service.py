@@ -7,10 +7,8 @@ HTTP answers (also recorded) come from respx.
 
 import asyncio
 import copy
-import io
 import json
 import logging
-import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +18,6 @@ from uuid import UUID, uuid4
 import httpx
 import pytest
 import respx
-from PIL import Image
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
@@ -37,6 +34,8 @@ from app.services.comfyui import (
 )
 from app.workflows import WorkflowError
 from fixtures.comfyui.specs import DATA_DIR
+from fixtures.images import make_image
+from fixtures.net import free_port
 
 
 def recorded(name: str) -> Any:
@@ -264,10 +263,7 @@ async def test_websocket_drop_mid_run_falls_back_to_polling(
 
 @pytest.fixture
 def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
+    return free_port()
 
 
 @pytest.mark.anyio
@@ -578,12 +574,6 @@ def test_websocket_url_follows_the_base_url() -> None:
 # --- The restoration service
 
 
-def png(width: int, height: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height), "teal").save(buffer, "PNG")
-    return buffer.getvalue()
-
-
 def corrupted_crc(data: bytes) -> bytes:
     idat = data.index(b"IDAT")
     return data[: idat + 6] + bytes([data[idat + 6] ^ 0xFF]) + data[idat + 7 :]
@@ -647,7 +637,9 @@ def serve_job(
 async def test_restore_runs_the_job_and_returns_the_image(
     comfy: respx.MockRouter, ws: FakeComfyWS, service: ComfyUIService, workflow: WorkflowName
 ) -> None:
-    job = serve_job(comfy, ws, result=png(64, 48), model="tiny_compact_x2.safetensors")
+    job = serve_job(
+        comfy, ws, result=make_image(size=(64, 48)), model="tiny_compact_x2.safetensors"
+    )
     progress: list[float] = []
 
     restored = await service.restore(
@@ -660,7 +652,7 @@ async def test_restore_runs_the_job_and_returns_the_image(
     )
 
     assert (restored.width, restored.height, restored.prompt_id) == (64, 48, RUN1_ID)
-    assert restored.data == png(64, 48)
+    assert restored.data == make_image(size=(64, 48))
     uploaded = job.upload.calls.last.request.content
     assert b'filename="input.png"' in uploaded
     assert f'name="subfolder"\r\n\r\njobs/{job.id}\r\n'.encode() in uploaded
@@ -688,10 +680,10 @@ async def test_restore_runs_the_job_and_returns_the_image(
     ("result", "outputs", "match"),
     [
         (b"not an image", None, "not a readable image"),
-        (png(64, 48)[:-30], None, "not a readable image"),
-        (corrupted_crc(png(64, 48)), None, "not a readable image"),
-        (png(64, 48), {"6": {"images": []}}, "without an image from node 6"),
-        (png(64, 48), {}, "without an image from node 6"),
+        (make_image(size=(64, 48))[:-30], None, "not a readable image"),
+        (corrupted_crc(make_image(size=(64, 48))), None, "not a readable image"),
+        (make_image(size=(64, 48)), {"6": {"images": []}}, "without an image from node 6"),
+        (make_image(size=(64, 48)), {}, "without an image from node 6"),
     ],
     ids=["garbage", "truncated", "bad-crc", "no-image", "no-output"],
 )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fixtures.services import WorkerServices
 from fixtures.services.run import RunContext
-from tests.integration.services.servers import servers
+from tests.integration.harness.services.servers import servers
 
 
 def test_all_workers_see_one_set_of_services(
