@@ -16,14 +16,24 @@ nox.options.error_on_missing_interpreters = True
 nox.options.sessions = ["lint", "typecheck", "unit", "integration", "e2e", "coverage"]
 
 ROOT = Path(__file__).parent
-PYPROJECT = nox.project.load_toml("pyproject.toml")
 REPORTS = ROOT / "reports"
 
 
-def install(session: nox.Session, *groups: str, editable: bool = True) -> None:
-    """The project (editable, so coverage maps to backend/app) plus the named dependency groups."""
-    project = ["-e", "."] if editable else []
-    session.install(*project, *nox.project.dependency_groups(PYPROJECT, *groups))
+def install(session: nox.Session, *groups: str, project: bool = True) -> None:
+    """The named dependency groups at the versions uv.lock pins, with the project (editable, so
+    coverage maps to backend/app) and its dependencies unless `project` is False. A lock that no
+    longer matches pyproject.toml fails here: `nox -s lock` refreshes it."""
+    selection = "--group" if project else "--only-group"
+    session.run_install(
+        "uv",
+        "sync",
+        "--locked",
+        "--no-default-groups",
+        *(f"{selection}={group}" for group in groups),
+        # Into the session's virtualenv, not .venv; sync also removes what the groups do not name.
+        env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location},
+        external=True,
+    )
 
 
 def run_tier(
@@ -78,7 +88,7 @@ def comfyui_host(session: nox.Session) -> str:
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff check and format check; actionlint on the GitHub workflows."""
-    install(session, "lint", editable=False)
+    install(session, "lint", project=False)
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("actionlint")
@@ -137,6 +147,14 @@ def serve(session: nox.Session) -> None:
     install(session, "test")
     # Ctrl-C reaches this process too: give it time to stop the stack and the services.
     session.run("python", "-m", "fixtures.serve", *session.posargs, interrupt_timeout=120)
+
+
+@nox.session(venv_backend="none")
+def lock(session: nox.Session) -> None:
+    """Refresh uv.lock after a change to the dependencies in pyproject.toml; pins that still fit
+    stay. `nox -s lock -- --upgrade` moves every pin to the newest allowed version,
+    `-- --upgrade-package pytest` one of them. Commit uv.lock with the change."""
+    session.run("uv", "lock", *session.posargs)
 
 
 @nox.session(venv_backend="none")
