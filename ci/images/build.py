@@ -7,11 +7,11 @@ Every image carries a label with a hash of its recipe; an image already built fr
 recipe is skipped, so running this again is cheap. The e2e tier compares the project images'
 labels with `project_recipes()` of its checkout, and refuses stale ones. The project's images (targets of the root
 Dockerfile) build on a Debian stand-in for the official Python image, with wheels from
-ci/wheelhouse/. Needs only the standard library, the docker CLI, mmdebstrap and pip (run
-ci/docker.sh first on a bare machine).
+ci/wheelhouse/ at the versions uv.lock pins. Needs only the standard library, the docker CLI,
+mmdebstrap, pip and uv (run ci/docker.sh first on a bare machine).
 """
 
-# A build script: it runs fixed tools (docker, mmdebstrap, pip) found on PATH, never user input.
+# A build script: it runs fixed tools (docker, mmdebstrap, pip, uv) found on PATH, never user input.
 # ruff: noqa: S603, S607
 
 from __future__ import annotations
@@ -97,16 +97,12 @@ PROJECT_SOURCES = (
 # makes its own (an editable install's metadata).
 UNHASHED_PARTS = ("__pycache__",)
 UNHASHED_SUFFIXES = (".pyc", ".pyo", ".pyd", ".egg-info")
-# Besides the runtime dependencies: the build backend and the stand-in's extra libraries, and what
-# markers ask for on the image's Python but not on the host's (pip evaluates markers on the host):
-# redis needs async-timeout before Python 3.11.3.
-PROJECT_EXTRA_REQUIREMENTS = (
-    "setuptools>=69",
-    "aiohttp>=3.9",
-    "numpy>=1.26",
-    "async-timeout>=4.0.3",
-    "coverage[toml]>=7.10",
-)
+# The dependency groups the project images install besides the runtime dependencies (see the
+# Dockerfile): all at the versions uv.lock pins.
+PROJECT_GROUPS = ("standin", "coverage")
+# Tools the Dockerfile installs unpinned: the build backend of the editable install, and uv, which
+# exports uv.lock to requirements files inside the build.
+PROJECT_BUILD_TOOLS = ("setuptools>=69", "uv")
 
 
 def log(message: str) -> None:
@@ -306,12 +302,53 @@ def build_image(spec: ImageSpec, docker_arch: str, rebuild: bool) -> None:
     shutil.rmtree(context)
 
 
-def project_requirements(root: Path = REPO_ROOT) -> str:
-    """The project's runtime dependencies (from pyproject.toml) plus the extras its images need."""
-    import tomllib
+def image_marker_environment(docker_arch: str) -> dict[str, str]:
+    """PEP 508 marker values of the images' Python, where they differ from the host's."""
+    return {
+        "implementation_name": "cpython",
+        "platform_python_implementation": "CPython",
+        "platform_system": "Linux",
+        "sys_platform": "linux",
+        "os_name": "posix",
+        "platform_machine": {"amd64": "x86_64", "arm64": "aarch64"}.get(docker_arch, docker_arch),
+        "python_version": IMAGE_PYTHON,
+        "python_full_version": IMAGE_PYTHON_FULL,
+    }
 
-    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
-    return "".join(f"{line}\n" for line in (*project["dependencies"], *PROJECT_EXTRA_REQUIREMENTS))
+
+def project_requirements(root: Path = REPO_ROOT, docker_arch: str = "amd64") -> str:
+    """The wheels the project images install: uv.lock's pins of the runtime dependencies and of
+    PROJECT_GROUPS that apply on the images' Python, plus the build tools.
+
+    pip evaluates markers on the host, whose Python differs (redis wants async-timeout before
+    3.11.3; numpy has one pin per Python), so they are evaluated here for the image and dropped.
+    """
+    try:
+        from packaging.markers import Marker
+    except ImportError:  # the host's pip carries a copy
+        from pip._vendor.packaging.markers import Marker
+
+    exported = capture(
+        [
+            "uv",
+            "export",
+            "--frozen",
+            "--no-hashes",
+            "--no-emit-project",
+            "--no-default-groups",
+            "--no-header",
+            "--no-annotate",
+            *(f"--group={group}" for group in PROJECT_GROUPS),
+            f"--directory={root}",
+        ]
+    )
+    environment = image_marker_environment(docker_arch)
+    pins = []
+    for line in exported.splitlines():
+        requirement, _, marker = line.partition(";")
+        if requirement.strip() and (not marker or Marker(marker).evaluate(environment)):
+            pins.append(requirement.strip())
+    return "".join(f"{line}\n" for line in (*pins, *PROJECT_BUILD_TOOLS))
 
 
 def hashed(path: Path) -> bool:
@@ -321,8 +358,9 @@ def hashed(path: Path) -> bool:
 
 
 def sources_digest(root: Path) -> str:
-    """What the project's images are built from: their sources and the wheels' requirements."""
-    parts: list[str | bytes] = [project_requirements(root)]
+    """What the project's images are built from: their sources (pyproject.toml and uv.lock among
+    them, so the pinned versions) and the groups and tools installed besides."""
+    parts: list[str | bytes] = [*PROJECT_GROUPS, *PROJECT_BUILD_TOOLS]
     for source in PROJECT_SOURCES:
         path = root / source
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
@@ -386,7 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_image(PYTHON_IMAGE, docker_arch, args.rebuild)
         CACHE.mkdir(parents=True, exist_ok=True)
         requirements = CACHE / "project-requirements.txt"
-        requirements.write_text(project_requirements())
+        requirements.write_text(project_requirements(docker_arch=docker_arch))
         download_wheels("project images", requirements, docker_arch, WHEELHOUSE)
         recipes = project_recipes()
         for project in projects:
