@@ -7,6 +7,7 @@ everything else stays as tuned in the JSON files beside this module.
 
 import copy
 import json
+from collections.abc import Mapping
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -14,6 +15,9 @@ from typing import Any
 from app.core.config import WorkflowName
 
 Workflow = dict[str, dict[str, Any]]
+# Literal node inputs to set after filling in a job, by node id then input name: for trying a
+# workflow variant without editing the shipped JSON (the gpu tier's `--workflow-input`).
+NodeInputs = Mapping[str, Mapping[str, Any]]
 
 
 class WorkflowError(ValueError):
@@ -51,12 +55,15 @@ def build_workflow(
     output_prefix: str,
     scale: float,
     upscale_model: str,
+    inputs: NodeInputs | None = None,
 ) -> Workflow:
     """The graph for one job.
 
     `image` is the `LoadImage` value of the uploaded input (`subfolder/name`); `output_prefix` must be
     unique per job, since ComfyUI answers an identical graph with its cached, earlier output.
     `scale` applies to `ImageScaleBy` nodes, `upscale_model` to `UpscaleModelLoader` nodes.
+    `inputs` then replaces existing literal inputs of named nodes; a node or input the graph
+    lacks, or a link, is refused, so a typo cannot pass as a variant.
     """
     graph = load_workflow(name)
     _only_node(graph, "LoadImage")["image"] = image
@@ -65,6 +72,17 @@ def build_workflow(
         graph[node_id]["inputs"]["scale_by"] = scale
     for node_id in nodes_of(graph, "UpscaleModelLoader"):
         graph[node_id]["inputs"]["model_name"] = upscale_model
+    for node_id, values in (inputs or {}).items():
+        node_inputs = graph.get(node_id, {}).get("inputs")
+        if node_inputs is None:
+            raise WorkflowError(f"{name.value} has no node {node_id!r}")
+        for input_name, value in values.items():
+            if input_name not in node_inputs or isinstance(node_inputs[input_name], list):
+                raise WorkflowError(
+                    f"node {node_id} ({graph[node_id].get('class_type')}) of {name.value} has no "
+                    f"literal input {input_name!r}"
+                )
+            node_inputs[input_name] = value
     return graph
 
 

@@ -144,3 +144,32 @@ def test_nodes_of_skips_entries_without_a_class_type() -> None:
 
     assert nodes_of(graph, "LoadImage") == ["1"]
     assert nodes_of(graph, "SaveImage") == []
+
+
+def test_build_sets_named_node_inputs_last() -> None:
+    """The gpu tier's `--workflow-input`: a variant of the shipped graph, job fields kept."""
+    plain = build_workflow(WorkflowName.CORE, **JOB)
+    graph = build_workflow(
+        WorkflowName.CORE, **JOB, inputs={"5": {"alpha": 5.0, "sigma": 2.0}, "4": {"scale_by": 4}}
+    )
+
+    assert graph["5"]["inputs"] == {**plain["5"]["inputs"], "alpha": 5.0, "sigma": 2.0}
+    assert graph["4"]["inputs"]["scale_by"] == 4  # after the job's scale: the override wins
+    assert {k: v for k, v in graph.items() if k not in ("4", "5")} == {
+        k: v for k, v in plain.items() if k not in ("4", "5")
+    }
+    assert load_workflow(WorkflowName.CORE) == shipped(WorkflowName.CORE)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ({"42": {"alpha": 1}}, "restore has no node '42'"),
+        ({"5": {"alhpa": 1}}, r"node 5 \(ImageSharpen\) of restore has no literal input 'alhpa'"),
+        ({"5": {"image": ["1", 0]}}, "has no literal input 'image'"),  # a link, not a value
+    ],
+    ids=["unknown-node", "unknown-input", "link"],
+)
+def test_build_refuses_inputs_the_graph_lacks(inputs: dict[str, Any], message: str) -> None:
+    with pytest.raises(WorkflowError, match=message):
+        build_workflow(WorkflowName.CORE, **JOB, inputs=inputs)

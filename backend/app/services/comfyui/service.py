@@ -3,6 +3,7 @@
 import asyncio
 import io
 import logging
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Self
 from uuid import UUID
@@ -13,7 +14,7 @@ from app.core.config import Settings, WorkflowName
 from app.services.comfyui.client import ComfyUIClient
 from app.services.comfyui.errors import ExecutionFailed, WorkflowRejected
 from app.services.comfyui.models import ComfyUIHealth, ProgressCallback, RestoredImage
-from app.workflows import WorkflowError, build_workflow, output_node
+from app.workflows import NodeInputs, WorkflowError, build_workflow, output_node
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,8 @@ class ComfyUIService:
     """Restores one job's image with the workflow's host-wide parameters.
 
     What is the same for every job (scale, upscale model, time limit) is fixed when the service is
-    built (`from_settings`); `restore` takes only what differs per job. Holds one client, so it
+    built (`from_settings`); `restore` takes only what differs per job. `workflow_inputs` sets node
+    inputs of a workflow on top of that (`build_workflow`'s `inputs`). Holds one client, so it
     belongs to the event loop it is used on: build it inside that loop (per `asyncio.run` in the
     worker, per app lifespan in the API) and `aclose()` it there.
     """
@@ -46,11 +48,13 @@ class ComfyUIService:
         scale: float = 2.0,
         upscale_model: str = "tiny_compact_x2.safetensors",
         timeout: float = 600.0,
+        workflow_inputs: Mapping[WorkflowName, NodeInputs] | None = None,
     ) -> None:
         self.client = client
         self.scale = scale
         self.upscale_model = upscale_model
         self.timeout = timeout
+        self.workflow_inputs = dict(workflow_inputs or {})
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
@@ -111,6 +115,7 @@ class ComfyUIService:
                 output_prefix=f"restored/{job_id}/a{attempt}",
                 scale=self.scale,
                 upscale_model=self.upscale_model,
+                inputs=self.workflow_inputs.get(workflow),
             )
             save_node = output_node(graph)
         except WorkflowError as exc:

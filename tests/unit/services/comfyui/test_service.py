@@ -735,6 +735,43 @@ async def test_restore_checks_the_workflow_before_submitting(
 
 
 @pytest.mark.anyio
+async def test_restore_submits_the_workflow_inputs_of_that_workflow_only(
+    comfy: respx.MockRouter, ws: FakeComfyWS, client: ComfyUIClient
+) -> None:
+    job = serve_job(comfy, ws, result=png(64, 48))
+    service = ComfyUIService(
+        client,
+        workflow_inputs={
+            WorkflowName.CORE: {"5": {"alpha": 5.0}},
+            WorkflowName.MODEL_UPSCALE: {"5": {"alpha": 0.0}},
+        },
+    )
+
+    await service.restore(
+        job_id=job.id, attempt=1, image=b"x", extension="png", workflow=WorkflowName.CORE
+    )
+
+    graph = json.loads(job.submit.calls.last.request.content)["prompt"]
+    assert graph["5"]["inputs"]["alpha"] == 5.0
+    assert graph["5"]["inputs"]["sigma"] == 1.0  # the rest as shipped
+
+
+@pytest.mark.anyio
+async def test_restore_with_inputs_the_workflow_lacks_is_rejected_before_submitting(
+    comfy: respx.MockRouter, ws: FakeComfyWS, client: ComfyUIClient
+) -> None:
+    job = serve_job(comfy, ws)
+    service = ComfyUIService(client, workflow_inputs={WorkflowName.CORE: {"5": {"alhpa": 5}}})
+
+    with pytest.raises(WorkflowRejected, match="has no literal input 'alhpa'"):
+        await service.restore(
+            job_id=job.id, attempt=1, image=b"x", extension="png", workflow=WorkflowName.CORE
+        )
+
+    assert job.submit.call_count == 0
+
+
+@pytest.mark.anyio
 async def test_restore_with_an_unusable_shipped_workflow_is_rejected(
     comfy: respx.MockRouter,
     ws: FakeComfyWS,
