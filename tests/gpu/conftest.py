@@ -11,28 +11,111 @@ Environment:
   the model workflow.
 - `PHOTOS_MAX_SIDE` (default 512): the longest side of the degraded photos (`fixtures.photos`).
 
+- `QUALITY_PSNR_TOLERANCE_DB` (0.5), `QUALITY_SSIM_TOLERANCE` (0.01): the largest drop of a
+  photo's PSNR / SSIM (Y or RGB) below its baseline that the quality gate lets pass;
+  `QUALITY_MEAN_PSNR_TOLERANCE_DB` (0.25), `QUALITY_MEAN_SSIM_TOLERANCE` (0.005): the same for
+  the mean over the photos (`fixtures.quality.baselines.Tolerances`).
+
+Options (after `nox -s gpu --`):
+- `--record-baseline`: write this host's figures as the baselines instead of comparing with them.
+- `--baseline-dir DIR` (default `tests/gpu/baselines`): where baselines are read and written.
+- `--gpu-report-dir DIR` (default `reports/gpu`): where the JSON and HTML reports go.
+- `--workflow-input WORKFLOW:NODE.INPUT=VALUE` (repeatable): run a variant of a shipped
+  workflow, e.g. `restore:5.alpha=5` (VALUE is JSON, else a string). The gate then says whether
+  the variant is better or worse than the baseline.
+
 Run it without xdist: one host runs one prompt at a time, and the latency figures are per image.
-Reports go to `reports/gpu/gpu-report.{json,html}`; the terminal summary prints the latency table.
+The terminal summary prints the latency and quality tables and the baseline comparison.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from app.core.config import WorkflowName
+from app.workflows import NodeInputs
 from fixtures import REPO_ROOT
-from tests.gpu.gpu_reporting import GpuReport
+from fixtures.quality.baselines import Tolerances
+from tests.gpu.gpu_reporting import GpuReport, QualityOptions
 
 URL_ENV = "COMFYUI_URL"
 MODEL_SCALE_ENV = "COMFYUI_UPSCALE_MODEL_SCALE"
 HERE = Path(__file__).resolve().parent
 REPORT_DIR = REPO_ROOT / "reports" / "gpu"
+BASELINE_DIR = HERE / "baselines"
 _REPORT = pytest.StashKey[GpuReport]()
 _WRITTEN = pytest.StashKey[tuple[Path, Path]]()
+
+
+_QUALITY = pytest.StashKey[QualityOptions]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("gpu", "gpu tier (tests/gpu/conftest.py)")
+    group.addoption(
+        "--record-baseline",
+        action="store_true",
+        help="write this host's quality figures as the baselines instead of comparing",
+    )
+    group.addoption(
+        "--baseline-dir", type=Path, default=BASELINE_DIR, help="default: tests/gpu/baselines"
+    )
+    group.addoption("--gpu-report-dir", type=Path, default=REPORT_DIR, help="default: reports/gpu")
+    group.addoption(
+        "--workflow-input",
+        action="append",
+        default=[],
+        metavar="WORKFLOW:NODE.INPUT=VALUE",
+        help="set a node input of a shipped workflow, e.g. restore:5.alpha=5 (repeatable)",
+    )
+
+
+def parse_workflow_inputs(specs: list[str]) -> dict[WorkflowName, NodeInputs]:
+    """`["restore:5.alpha=5"]` -> `{WorkflowName.CORE: {"5": {"alpha": 5}}}`."""
+    parsed: dict[WorkflowName, dict[str, dict[str, Any]]] = {}
+    for spec in specs:
+        target, equals, raw = spec.partition("=")
+        workflow, colon, node_input = target.partition(":")
+        node, dot, name = node_input.partition(".")
+        if not (equals and colon and dot and node and name):
+            raise pytest.UsageError(
+                f"--workflow-input {spec!r}: expected WORKFLOW:NODE.INPUT=VALUE, "
+                "e.g. restore:5.alpha=5"
+            )
+        try:
+            key = WorkflowName(workflow)
+        except ValueError:
+            known = ", ".join(w.value for w in WorkflowName)
+            raise pytest.UsageError(
+                f"--workflow-input {spec!r}: no workflow {workflow!r} (known: {known})"
+            ) from None
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw  # a combo choice such as `bicubic`
+        parsed.setdefault(key, {}).setdefault(node, {})[name] = value
+    return dict(parsed)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        tolerances = Tolerances.from_env()
+    except ValueError as exc:
+        raise pytest.UsageError(f"gpu tier: {exc}") from None
+    config.stash[_QUALITY] = QualityOptions(
+        record=config.getoption("record_baseline"),
+        baseline_dir=config.getoption("baseline_dir"),
+        tolerances=tolerances,
+        workflow_inputs=parse_workflow_inputs(config.getoption("workflow_input")),
+    )
+
 
 
 def probe(url: str) -> tuple[dict[str, Any] | None, str | None]:
@@ -83,8 +166,15 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             "Start it or point COMFYUI_URL at a running one; this tier never starts one itself.",
             returncode=pytest.ExitCode.USAGE_ERROR,
         )
+    quality = session.config.stash[_QUALITY]
     session.config.stash[_REPORT] = GpuReport(
         comfyui_url=url.rstrip("/"),
+        quality_settings={
+            "mode": "record" if quality.record else "compare",
+            "baseline_dir": str(quality.baseline_dir),
+            "tolerances": asdict(quality.tolerances),
+            "workflow_inputs": {w.value: v for w, v in quality.workflow_inputs.items()},
+        },
         system_stats=stats,
         queue_at_start=queue_lengths(url),
         config={
@@ -96,6 +186,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             "PHOTOS_MAX_SIDE": os.environ.get("PHOTOS_MAX_SIDE", "512 (default)"),
         },
     )
+
+
+@pytest.fixture(scope="session")
+def quality_options(pytestconfig: pytest.Config) -> QualityOptions:
+    return pytestconfig.stash[_QUALITY]
 
 
 @pytest.fixture(scope="session")
@@ -116,7 +211,8 @@ def anyio_backend() -> str:
 def pytest_sessionfinish(session: pytest.Session) -> None:
     report = session.config.stash.get(_REPORT, None)
     if report is not None and (report.records or report.skipped):
-        session.config.stash[_WRITTEN] = report.write(REPORT_DIR)
+        directory = session.config.getoption("gpu_report_dir")
+        session.config.stash[_WRITTEN] = report.write(directory)
 
 
 def pytest_terminal_summary(
@@ -138,6 +234,11 @@ def pytest_terminal_summary(
         write(f"warm-up {workflow}: {seconds:.3f} s (not in the table)")
     if report.records:
         for line in report.latency_table():
+            write(line)
+        for line in report.quality_table():
+            write(line)
+    for comparison in report.comparisons:
+        for line in comparison.lines():
             write(line)
     for item in report.skipped:
         write(f"SKIPPED {item['test']}: {item['reason']}")

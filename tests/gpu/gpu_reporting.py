@@ -1,4 +1,5 @@
-"""What the gpu tier measured, as JSON, a self-contained HTML page and a terminal table."""
+"""What the gpu tier measured, as JSON, a self-contained HTML page and terminal tables: latency
+per image, and quality per photo (`fixtures.quality`) with the comparison against the baselines."""
 
 from __future__ import annotations
 
@@ -14,17 +15,36 @@ from typing import Any
 
 from PIL import Image
 
+from app.core.config import WorkflowName
+from app.workflows import NodeInputs
+from fixtures.quality.baselines import Comparison, Tolerances
+from fixtures.quality.report import comparison_html, photo_html
+
 THUMBNAIL_SIDE = 256
 
 
-def thumbnail_data_uri(data: bytes, side: int = THUMBNAIL_SIDE) -> str:
+def thumbnail_data_uri(data: bytes | Image.Image, side: int = THUMBNAIL_SIDE) -> str:
     """A JPEG thumbnail of an image as a `data:` URI, so the HTML needs no other file."""
-    with Image.open(io.BytesIO(data)) as image:
-        thumb = image.convert("RGB")
+    if isinstance(data, Image.Image):
+        thumb = data.convert("RGB")
         thumb.thumbnail((side, side), Image.Resampling.LANCZOS)
+    else:
+        with Image.open(io.BytesIO(data)) as image:
+            thumb = image.convert("RGB")
+            thumb.thumbnail((side, side), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
     thumb.save(buffer, format="JPEG", quality=85)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+@dataclass(frozen=True)
+class QualityOptions:
+    """How this run judges quality: record or compare, where, how strictly, which variant."""
+
+    record: bool
+    baseline_dir: Path
+    tolerances: Tolerances
+    workflow_inputs: dict[WorkflowName, NodeInputs]
 
 
 @dataclass
@@ -48,6 +68,11 @@ class RestorationRecord:
     photo_metadata: dict[str, Any]  # fixtures.photos: seed, sizes, sha256, degradation
     before: str = field(repr=False)  # data URI
     after: str = field(repr=False)  # data URI
+    # fixtures.quality.metrics.photo_quality(): full-reference figures only with a clean original
+    quality: dict[str, Any] = field(default_factory=dict)
+    input_fingerprint: str = ""  # fixtures.quality.metrics.pixel_fingerprint of the input
+    clean: str | None = field(default=None, repr=False)  # data URI of the clean original
+    crops: dict[str, str] = field(default_factory=dict, repr=False)  # stage -> zoomed crop URI
 
     @property
     def output_megapixels(self) -> float:
@@ -59,8 +84,8 @@ class RestorationRecord:
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        data.pop("before")
-        data.pop("after")
+        for image in ("before", "after", "clean", "crops"):
+            data.pop(image)
         data["output_megapixels"] = round(self.output_megapixels, 4)
         data["megapixels_per_second"] = round(self.megapixels_per_second, 4)
         return data
@@ -77,6 +102,9 @@ class GpuReport:
     # Prompts of other clients when the run began: latencies then include waiting for them.
     queue_at_start: dict[str, int] = field(default_factory=dict)
     started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    # record or compare, baseline folder, tolerances, workflow input overrides
+    quality_settings: dict[str, Any] = field(default_factory=dict)
+    comparisons: list[Comparison] = field(default_factory=list)  # one per gated workflow
 
     @property
     def version(self) -> str:
@@ -137,19 +165,106 @@ class GpuReport:
             "warmup_latency_s": self.warmups,
             "summary": self.summary(),
             "results": [record.to_json() for record in self.records],
+            "quality": {
+                **self.quality_settings,
+                "means": self.quality_means(),
+                "baselines": [comparison.to_json() for comparison in self.comparisons],
+            },
             "skipped": self.skipped,
         }
 
+    def workflow_records(self, workflow: str) -> list[RestorationRecord]:
+        return [r for r in self.records if r.workflow == workflow]
+
+    def comparison_of(self, workflow: str) -> Comparison | None:
+        return next((c for c in self.comparisons if c.workflow == workflow), None)
+
+    def quality_means(self) -> dict[str, dict[str, dict[str, float]]]:
+        """Per workflow, the mean of each full-reference figure over the photos with a clean
+        original: degraded input, restored output and improvement."""
+        by_workflow: dict[str, dict[str, dict[str, float]]] = {}
+        for workflow in dict.fromkeys(r.workflow for r in self.records):
+            judged = [r.quality for r in self.workflow_records(workflow) if "restored" in r.quality]
+            if judged:
+                by_workflow[workflow] = {
+                    stage: {
+                        key: round(statistics.fmean(q[stage][key] for q in judged), 4)
+                        for key in judged[0][stage]
+                    }
+                    for stage in ("degraded", "restored", "improvement")
+                }
+        return by_workflow
+
+    def quality_table(self) -> list[str]:
+        """Per photo: degraded -> restored PSNR and SSIM on Y, and the no-reference noise and
+        sharpness of the output; then the means."""
+        header = (
+            f"{'workflow':<22} {'photo':<18} {'PSNR-Y dB deg->res':>20} "
+            f"{'SSIM-Y deg->res':>16} {'noise':>6} {'sharp':>8}"
+        )
+        lines = ["quality (full-reference vs the clean original at the output size):", header]
+        lines.append("-" * len(header))
+        for r in self.records:
+            if not r.quality:
+                continue
+            described = r.quality["no_reference"]["restored"]
+            tail = f"{described['noise_sigma']:>6.2f} {described['sharpness']:>8.1f}"
+            if "restored" in r.quality:
+                before, after = r.quality["degraded"], r.quality["restored"]
+                psnr = f"{before['psnr_y']:.2f}->{after['psnr_y']:.2f}"
+                ssim = f"{before['ssim_y']:.3f}->{after['ssim_y']:.3f}"
+            else:
+                psnr, ssim = "(no clean original)", ""
+            lines.append(f"{r.workflow:<22} {r.photo:<18} {psnr:>20} {ssim:>16} {tail}")
+        for workflow, figures in self.quality_means().items():
+            before, after = figures["degraded"], figures["restored"]
+            lines.append(
+                f"{workflow} mean: PSNR-Y {before['psnr_y']:.2f} -> {after['psnr_y']:.2f} dB, "
+                f"SSIM-Y {before['ssim_y']:.4f} -> {after['ssim_y']:.4f}, "
+                f"PSNR-RGB {before['psnr_rgb']:.2f} -> {after['psnr_rgb']:.2f} dB, "
+                f"SSIM-RGB {before['ssim_rgb']:.4f} -> {after['ssim_rgb']:.4f}"
+            )
+        return lines
+
+    def quality_html(self) -> str:
+        sections = []
+        for workflow in dict.fromkeys(r.workflow for r in self.records):
+            comparison = self.comparison_of(workflow)
+            rows = "\n".join(
+                photo_html(
+                    photo=r.photo,
+                    quality=r.quality,
+                    thumbnails={
+                        stage: uri
+                        for stage, uri in (
+                            ("clean", r.clean),
+                            ("degraded", r.before),
+                            ("restored", r.after),
+                        )
+                        if uri
+                    },
+                    crop_uris=r.crops,
+                    comparison=comparison,
+                )
+                for r in self.workflow_records(workflow)
+                if r.quality
+            )
+            gate = comparison_html(comparison) if comparison else "<p>not gated in this run</p>"
+            sections.append(
+                f"<h3>{html.escape(workflow)}</h3>{gate}<table class=photos>{rows}</table>"
+            )
+        return "\n".join(sections) or "<p>no quality figures</p>"
+
     def latency_table(self) -> list[str]:
         header = (
-            f"{'workflow':<22} {'photo':<10} {'input':>9} {'output':>9} "
+            f"{'workflow':<22} {'photo':<18} {'input':>9} {'output':>9} "
             f"{'latency s':>9} {'server s':>8} {'MP/s':>7}"
         )
         lines = [header, "-" * len(header)]
         for r in self.records:
             server = f"{r.server_s:.3f}" if r.server_s is not None else "-"
             lines.append(
-                f"{r.workflow:<22} {r.photo:<10} {_size(r.input_size):>9} "
+                f"{r.workflow:<22} {r.photo:<18} {_size(r.input_size):>9} "
                 f"{_size(r.output_size):>9} {r.latency_s:>9.3f} {server:>8} "
                 f"{r.megapixels_per_second:>7.2f}"
             )
@@ -203,6 +318,9 @@ body {{ font-family: system-ui, sans-serif; margin: 2em; }}
 table {{ border-collapse: collapse; }}
 td, th {{ border: 1px solid #ccc; padding: 4px 8px; vertical-align: middle; text-align: left; }}
 img {{ max-width: {THUMBNAIL_SIDE}px; max-height: {THUMBNAIL_SIDE}px; display: block; }}
+img.crop {{ image-rendering: pixelated; margin-top: 4px; }}
+table.fig td, table.fig th {{ border: none; padding: 1px 6px; font-size: 90%; }}
+table.photos > tbody > tr > td {{ vertical-align: top; }}
 </style></head><body>
 <h1>Restoration on ComfyUI {esc(self.version)}</h1>
 <p>Host <code>{esc(self.comfyui_url)}</code>, devices: {esc(self.device_names)};
@@ -217,6 +335,14 @@ warm-up run of each workflow precedes its timed runs. MP/s = output megapixels /
 <th>MP/s</th><th>diff / std / corr</th><th>before (degraded)</th><th>after (restored)</th></tr>
 {rows}
 </table>
+<h2>Quality</h2>
+<p>Full-reference figures compare with the clean original resized (Lanczos) to the output size;
+the degraded input is resized the same way. <b>Y</b> = BT.601 luminance, <b>RGB</b> = all three
+channels; &Delta; = restored minus degraded. No-reference figures (sharpness, noise, contrast,
+colour cast) describe an image and never gate. Zoomed crops: the same most detailed square of
+each image at the output size, &times;3 nearest neighbour. Gate settings:
+<code>{esc(json.dumps(self.quality_settings))}</code></p>
+{self.quality_html()}
 <h2>Skipped</h2><ul>{skipped or "<li>nothing</li>"}</ul>
 </body></html>
 """

@@ -1,8 +1,13 @@
-"""Our real workflows, through `ComfyUIService.restore()`, on degraded real photos.
+"""Our real workflows, through `ComfyUIService.restore()`, on degraded real photos and a real
+historic one, judged for quality against the recorded baselines.
 
 The core workflow always runs; the model workflow runs when the host lists the configured upscale
 model (`COMFYUI_UPSCALE_MODEL`) and is otherwise skipped with a message naming it. Expected scale:
 `COMFYUI_SCALE` for the core workflow, `COMFYUI_UPSCALE_MODEL_SCALE` (default 2) for the model one.
+
+Each restoration records its quality figures (`fixtures.quality.metrics`); after a workflow's
+photos, `test_quality_gate` records them as the baseline (`--record-baseline`) or compares them
+with it (`fixtures.quality.baselines`), failing on drops beyond the tolerances.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import io
 import os
 import time
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,8 +25,30 @@ from PIL import Image
 
 from app.core.config import Settings, WorkflowName
 from app.services.comfyui import ComfyUIService, RestoredImage
-from fixtures.photos import DEFAULT_PHOTOS, DegradedPhoto, degraded_photos
-from tests.gpu.gpu_reporting import GpuReport, RestorationRecord, thumbnail_data_uri
+from fixtures.photos import (
+    DEFAULT_PHOTOS,
+    HISTORIC_PHOTOS,
+    degraded_photos,
+    historic_photo,
+    load_photo,
+    max_side_from_env,
+)
+from fixtures.quality.baselines import (
+    PhotoResult,
+    baseline_document,
+    baseline_name,
+    compare,
+    read_baseline,
+    write_baseline,
+)
+from fixtures.quality.metrics import photo_quality, pixel_fingerprint, resized, rgb_array
+from fixtures.quality.report import busiest_box, crops
+from tests.gpu.gpu_reporting import (
+    GpuReport,
+    QualityOptions,
+    RestorationRecord,
+    thumbnail_data_uri,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -34,12 +62,46 @@ MIN_CORRELATION = 0.5
 
 MODEL_SCALE_ENV = "COMFYUI_UPSCALE_MODEL_SCALE"
 
-CASES = [(workflow, photo) for workflow in WorkflowName for photo in DEFAULT_PHOTOS]
+ALL_PHOTOS = (*DEFAULT_PHOTOS, *HISTORIC_PHOTOS)
+CASES = [(workflow, photo) for workflow in WorkflowName for photo in ALL_PHOTOS]
+
+
+@dataclass(frozen=True)
+class PhotoCase:
+    """What a case restores: a degraded fixture photo (clean original known) or a historic one."""
+
+    name: str
+    data: bytes = field(repr=False)
+    extension: str
+    width: int
+    height: int
+    seed: int
+    metadata: dict[str, Any]
+    clean: Image.Image | None = field(repr=False)  # full size; None for historic photos
 
 
 @pytest.fixture(scope="session")
-def photos() -> dict[str, DegradedPhoto]:
-    return {photo.name: photo for photo in degraded_photos()}
+def photos() -> dict[str, PhotoCase]:
+    found = {
+        photo.name: PhotoCase(
+            photo.name,
+            photo.png,
+            "png",
+            photo.width,
+            photo.height,
+            photo.seed,
+            photo.metadata(),
+            load_photo(photo.name),
+        )
+        for photo in degraded_photos()
+    }
+    for name in HISTORIC_PHOTOS:
+        data = historic_photo(name)
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+        metadata = {"name": name, "historic": True, "width": width, "height": height}
+        found[name] = PhotoCase(name, data, "jpg", width, height, 0, metadata, None)
+    return found
 
 
 @pytest.fixture(scope="session")
@@ -70,11 +132,15 @@ def rgb(data: bytes) -> np.ndarray:
 
 
 async def restore(
-    service: ComfyUIService, workflow: WorkflowName, photo: DegradedPhoto
+    service: ComfyUIService, workflow: WorkflowName, photo: PhotoCase
 ) -> tuple[RestoredImage, float]:
     start = time.perf_counter()
     restored = await service.restore(
-        job_id=uuid.uuid4(), attempt=1, image=photo.png, extension="png", workflow=workflow
+        job_id=uuid.uuid4(),
+        attempt=1,
+        image=photo.data,
+        extension=photo.extension,
+        workflow=workflow,
     )
     return restored, time.perf_counter() - start
 
@@ -85,13 +151,15 @@ async def restore(
 async def test_restore_degraded_photo(
     workflow: WorkflowName,
     photo_name: str,
-    photos: dict[str, DegradedPhoto],
+    photos: dict[str, PhotoCase],
     settings: Settings,
     gpu_report: GpuReport,
+    quality_options: QualityOptions,
     request: pytest.FixtureRequest,
 ) -> None:
     photo = photos[photo_name]
     async with ComfyUIService.from_settings(settings) as service:
+        service.workflow_inputs = quality_options.workflow_inputs
         if workflow is WorkflowName.MODEL_UPSCALE:
             model = settings.comfyui_upscale_model
             listed = await service.client.upscale_models()
@@ -123,15 +191,19 @@ async def test_restore_degraded_photo(
         assert image.size == expected
         image.load()  # the whole file decodes
     output = rgb(restored.data)
-    with Image.open(io.BytesIO(photo.png)) as original:
-        resized = np.asarray(
-            original.convert("RGB").resize(expected, Image.Resampling.LANCZOS), dtype=np.float32
-        )
-    mean_abs_diff = float(np.abs(output - resized).mean())
+    degraded = resized(photo.data, expected)
+    mean_abs_diff = float(np.abs(output - degraded).mean())
     std_dev = float(output.std())
     correlation = float(
-        np.corrcoef(output.mean(axis=2).ravel(), resized.mean(axis=2).ravel())[0, 1]
+        np.corrcoef(output.mean(axis=2).ravel(), degraded.mean(axis=2).ravel())[0, 1]
     )
+    quality = photo_quality(
+        clean=photo.clean, degraded=photo.data, restored=restored.data, size=expected
+    )
+    stages = {"degraded": degraded, "restored": rgb_array(restored.data)}
+    if photo.clean is not None:
+        stages = {"clean": resized(photo.clean, expected), **stages}
+    box = busiest_box(next(iter(stages.values())))
 
     gpu_report.records.append(
         RestorationRecord(
@@ -151,11 +223,78 @@ async def test_restore_degraded_photo(
             std_dev=round(std_dev, 3),
             correlation=round(correlation, 4),
             prompt_id=restored.prompt_id,
-            photo_metadata=photo.metadata(),
-            before=thumbnail_data_uri(photo.png),
+            photo_metadata=photo.metadata,
+            before=thumbnail_data_uri(photo.data),
             after=thumbnail_data_uri(restored.data),
+            quality=quality,
+            input_fingerprint=pixel_fingerprint(photo.data),
+            clean=None if photo.clean is None else thumbnail_data_uri(photo.clean),
+            crops=crops(stages, box),
         )
     )
     assert mean_abs_diff > MIN_MEAN_ABS_DIFF, f"output equals the resized input ({mean_abs_diff=})"
     assert std_dev > MIN_STD_DEV, f"output is blank ({std_dev=})"
     assert correlation > MIN_CORRELATION, f"output is not the photo any more ({correlation=})"
+
+
+@pytest.mark.parametrize("workflow", list(WorkflowName), ids=[w.value for w in WorkflowName])
+def test_quality_gate(
+    workflow: WorkflowName,
+    settings: Settings,
+    gpu_report: GpuReport,
+    quality_options: QualityOptions,
+) -> None:
+    """After the workflow's photos: record them as its baseline, or compare them with it."""
+    records = gpu_report.workflow_records(workflow.value)
+    if not records:
+        why = [s["reason"] for s in gpu_report.skipped if f"[{workflow.value}-" in s["test"]]
+        if why:
+            pytest.skip(f"no {workflow.value} restorations to judge: {why[0]}")
+        pytest.fail(
+            f"no {workflow.value} restorations ran before the gate: select its "
+            "test_restore_degraded_photo cases too"
+        )
+    model = records[0].upscale_model
+    path = quality_options.baseline_dir / baseline_name(workflow.value, model)
+    results = [PhotoResult(r.photo, r.input_fingerprint, r.quality) for r in records]
+    if quality_options.record:
+        missing = sorted(set(ALL_PHOTOS) - {r.photo for r in records})
+        if missing:
+            pytest.fail(f"not recording {path}: no result for {', '.join(missing)} in this run")
+        document = baseline_document(
+            workflow=workflow.value,
+            upscale_model=model,
+            results=results,
+            host={"comfyui_version": gpu_report.version, "devices": gpu_report.devices},
+            settings={
+                "photos_max_side": max_side_from_env(),
+                "scale": records[0].scale,
+                "workflow_inputs": gpu_report.quality_settings.get("workflow_inputs", {}).get(
+                    workflow.value, {}
+                ),
+            },
+        )
+        write_baseline(path, document)
+        comparison = compare(
+            workflow=workflow.value,
+            upscale_model=model,
+            path=path,
+            baseline=document,
+            results=results,
+            tolerances=quality_options.tolerances,
+        )
+        comparison.status = "recorded"
+        gpu_report.comparisons.append(comparison)
+        return
+    comparison = compare(
+        workflow=workflow.value,
+        upscale_model=model,
+        path=path,
+        baseline=read_baseline(path),
+        results=results,
+        tolerances=quality_options.tolerances,
+    )
+    gpu_report.comparisons.append(comparison)
+    assert comparison.passed, "quality dropped below the baseline:\n" + "\n".join(
+        comparison.lines()
+    )
