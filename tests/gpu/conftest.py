@@ -117,7 +117,6 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-
 def probe(url: str) -> tuple[dict[str, Any] | None, str | None]:
     """`(system_stats, None)` when the host answers like ComfyUI, else `(None, why not)`."""
     try:

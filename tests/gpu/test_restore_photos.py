@@ -257,6 +257,7 @@ def test_quality_gate(
     model = records[0].upscale_model
     path = quality_options.baseline_dir / baseline_name(workflow.value, model)
     results = [PhotoResult(r.photo, r.input_fingerprint, r.quality) for r in records]
+    host = {"comfyui_version": gpu_report.version, "devices": gpu_report.devices}
     if quality_options.record:
         missing = sorted(set(ALL_PHOTOS) - {r.photo for r in records})
         if missing:
@@ -265,7 +266,7 @@ def test_quality_gate(
             workflow=workflow.value,
             upscale_model=model,
             results=results,
-            host={"comfyui_version": gpu_report.version, "devices": gpu_report.devices},
+            host=host,
             settings={
                 "photos_max_side": max_side_from_env(),
                 "scale": records[0].scale,
@@ -293,6 +294,7 @@ def test_quality_gate(
         baseline=read_baseline(path),
         results=results,
         tolerances=quality_options.tolerances,
+        host=host,
     )
     gpu_report.comparisons.append(comparison)
     assert comparison.passed, "quality dropped below the baseline:\n" + "\n".join(
