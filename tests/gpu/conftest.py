@@ -30,7 +30,6 @@ The terminal summary prints the latency and quality tables and the baseline comp
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -39,10 +38,9 @@ from typing import Any
 import httpx
 import pytest
 
-from app.core.config import WorkflowName
-from app.workflows import NodeInputs
 from fixtures import REPO_ROOT
 from fixtures.quality.baselines import Tolerances
+from fixtures.quality.variants import parse_workflow_inputs
 from tests.gpu.gpu_reporting import GpuReport, QualityOptions
 
 URL_ENV = "COMFYUI_URL"
@@ -77,43 +75,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def parse_workflow_inputs(specs: list[str]) -> dict[WorkflowName, NodeInputs]:
-    """`["restore:5.alpha=5"]` -> `{WorkflowName.CORE: {"5": {"alpha": 5}}}`."""
-    parsed: dict[WorkflowName, dict[str, dict[str, Any]]] = {}
-    for spec in specs:
-        target, equals, raw = spec.partition("=")
-        workflow, colon, node_input = target.partition(":")
-        node, dot, name = node_input.partition(".")
-        if not (equals and colon and dot and node and name):
-            raise pytest.UsageError(
-                f"--workflow-input {spec!r}: expected WORKFLOW:NODE.INPUT=VALUE, "
-                "e.g. restore:5.alpha=5"
-            )
-        try:
-            key = WorkflowName(workflow)
-        except ValueError:
-            known = ", ".join(w.value for w in WorkflowName)
-            raise pytest.UsageError(
-                f"--workflow-input {spec!r}: no workflow {workflow!r} (known: {known})"
-            ) from None
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = raw  # a combo choice such as `bicubic`
-        parsed.setdefault(key, {}).setdefault(node, {})[name] = value
-    return dict(parsed)
-
-
 def pytest_configure(config: pytest.Config) -> None:
     try:
         tolerances = Tolerances.from_env()
+        workflow_inputs = parse_workflow_inputs(config.getoption("workflow_input"))
     except ValueError as exc:
         raise pytest.UsageError(f"gpu tier: {exc}") from None
     config.stash[_QUALITY] = QualityOptions(
         record=config.getoption("record_baseline"),
         baseline_dir=config.getoption("baseline_dir"),
         tolerances=tolerances,
-        workflow_inputs=parse_workflow_inputs(config.getoption("workflow_input")),
+        workflow_inputs=workflow_inputs,
     )
 
 
