@@ -31,6 +31,8 @@ def test_values_are_json_or_strings_grouped_by_workflow_and_node() -> None:
         ("restore:5=5", "expected WORKFLOW:NODE.INPUT=VALUE"),
         ("restore:5.alpha=", "expected WORKFLOW:NODE.INPUT=VALUE"),
         ("restor:5.alpha=5", r"no workflow 'restor' \(known: restore, restore_model_upscale\)"),
+        ("restore:5.alhpa=5", r"node 5 \(ImageSharpen\) of restore has no literal input 'alhpa'"),
+        ("restore:10.model_name=x.pth", "restore has no node '10'"),
     ],
 )
 def test_malformed_specs_are_refused_with_the_expected_form(spec: str, message: str) -> None:
