@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fixtures import REPO_ROOT
 from fixtures.photos import DEFAULT_PHOTOS, HISTORIC_PHOTOS
 
-REPO = Path(__file__).resolve().parents[3]
 # Small photos keep the three runs short; the figures differ from 512 px ones, not the logic.
 PHOTO_SIDE = "64"
 SELECT = "test_restore_degraded_photo or test_quality_gate"
@@ -43,7 +43,7 @@ def run_gpu_tier(
     ]
     # The limit only stops a hung child; nothing asserts on how long it took.
     done = subprocess.run(
-        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False
+        command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600, check=False
     )
     output = done.stdout + done.stderr
     report = json.loads((reports / "gpu-report.json").read_text(encoding="utf-8"))

@@ -738,7 +738,7 @@ async def test_restore_checks_the_workflow_before_submitting(
 async def test_restore_submits_the_workflow_inputs_of_that_workflow_only(
     comfy: respx.MockRouter, ws: FakeComfyWS, client: ComfyUIClient
 ) -> None:
-    job = serve_job(comfy, ws, result=png(64, 48))
+    job = serve_job(comfy, ws, result=make_image(size=(64, 48)))
     service = ComfyUIService(
         client,
         workflow_inputs={
