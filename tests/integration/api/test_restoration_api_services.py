@@ -11,6 +11,7 @@ import anyio
 import httpx
 import pytest
 
+from app.api.v1.restoration import MAX_OFFSET
 from app.core.config import Settings
 from fixtures import images
 from fixtures.accounts import Account
@@ -130,6 +131,19 @@ async def test_the_list_is_newest_first_and_paginated(
     assert first["total"] == second["total"] == 3
     listed = [job["id"] for job in first["items"] + second["items"]]
     assert listed == created[::-1]
+
+
+async def test_any_offset_the_schema_lets_through_is_in_range_for_postgres(
+    client: httpx.AsyncClient, alice: Account
+) -> None:
+    deepest = await client.get(URL, params={"offset": MAX_OFFSET}, headers=alice.headers)
+    past = await client.get(URL, params={"offset": 2**63}, headers=alice.headers)
+
+    assert deepest.status_code == 200, deepest.text
+    assert deepest.json()["items"] == []
+    # Postgres answered an offset past a bigint with DataError, a 500.
+    assert past.status_code == 422, past.text
+    assert past.json()["error"]["code"] == "validation_error"
 
 
 async def test_the_same_idempotency_key_gives_the_same_job(

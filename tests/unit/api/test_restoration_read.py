@@ -143,7 +143,17 @@ async def test_list_is_mine_only_newest_first_and_paginated(
 
 
 @pytest.mark.parametrize(
-    "params", [{"limit": 0}, {"limit": 101}, {"offset": -1}, {"limit": "many"}]
+    "params",
+    [
+        {"limit": 0},
+        {"limit": 101},
+        {"offset": -1},
+        {"limit": "many"},
+        # Past a bigint: the database used to answer this with a 500 (DataError).
+        {"offset": 2**63},
+        {"offset": 2**31},
+        {"limit": 2**64},
+    ],
 )
 async def test_list_refuses_bad_pagination(
     client: httpx.AsyncClient, alice: Account, params

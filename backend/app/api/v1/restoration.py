@@ -31,6 +31,9 @@ router = APIRouter(prefix="/restorations", tags=["restorations"])
 
 UPLOAD_FIELD = "file"
 MAX_PAGE_SIZE = 100
+# Far past any user's job count, and inside every database's OFFSET (Postgres: bigint), so no value
+# the schema lets through can fail in the database.
+MAX_OFFSET = 2**31 - 1
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (401, 404, 413, 415, 422, 503)
 }
@@ -146,7 +149,7 @@ async def list_restorations(
     user: CurrentUser,
     service: RestorationServiceDep,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 20,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> RestorationJobPage:
     jobs, total = await service.list(user, limit=limit, offset=offset)
     return RestorationJobPage(
