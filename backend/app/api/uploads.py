@@ -133,7 +133,10 @@ async def receive_file(request: Request, *, field_name: str, max_bytes: int) -> 
         parser.finalize()
     except MultipartParseError as error:
         collector.file.close()
-        raise RequestInvalid(f"The multipart body is malformed: {error}") from error
+        # The parser's message names its internal state; the client gets a plain sentence.
+        raise RequestInvalid(
+            "The multipart/form-data body is malformed: check its boundary and part headers."
+        ) from error
     except BaseException:
         collector.file.close()
         raise

@@ -95,10 +95,20 @@ def inspect_image(fileobj: IO[bytes], *, max_pixels: int) -> ImageInfo:
                     )
                 # Decoding every pixel is the only way to catch truncated or corrupt data.
                 image.load()
+    # Pillow's own messages name internal objects (`<tempfile.SpooledTemporaryFile object at ...>`)
+    # and decoder states: the client gets a sentence written for people; the cause stays chained.
     except Image.DecompressionBombError as error:
-        raise ImageTooLarge(str(error)) from error
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise InvalidImage(f"The image could not be decoded: {error}") from error
+        raise ImageTooLarge(
+            f"The image has more pixels than allowed (at most {max_pixels})."
+        ) from error
+    except UnidentifiedImageError as error:
+        raise InvalidImage(
+            f"The file is not a readable {image_format.pillow_name} image."
+        ) from error
+    except (OSError, SyntaxError, ValueError) as error:
+        raise InvalidImage(
+            f"The {image_format.pillow_name} image is truncated or corrupt and cannot be decoded."
+        ) from error
     finally:
         fileobj.seek(0)
     return ImageInfo(format=image_format, width=width, height=height)

@@ -44,6 +44,7 @@ def test_signature_that_lies_about_the_format_is_invalid() -> None:
         images.truncated(images.make_image("JPEG", (200, 200))),
         images.truncated(images.make_image("WEBP", (200, 200))),
         images.corrupt_png(),
+        images.png_header_then_garbage(),
     ],
 )
 def test_empty_truncated_or_corrupt_images_are_invalid(data: bytes) -> None:
