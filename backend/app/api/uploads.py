@@ -1,8 +1,11 @@
 """Receiving one file from a multipart body as it streams in, under a size limit.
 
 Starlette's form parser reads the whole body before the endpoint runs; this reads chunk by chunk and
-stops at the first byte over the limit, so an oversized upload is refused without being read. Parts
-spill from memory to a temporary file past one MiB.
+stops at the first byte over a limit, so an oversized upload is refused without being read. The
+limits hold for the raw body, not only the file: its bytes (framing, part headers and other parts
+included), its number of parts and the size of each part's headers. A body of a million empty parts
+is refused after the first few, instead of being parsed to its end. Parts spill from memory to a
+temporary file past one MiB.
 """
 
 from dataclasses import dataclass
@@ -13,11 +16,16 @@ from python_multipart import MultipartParser
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import parse_options_header
 
-from app.core.errors import PayloadTooLarge, RequestInvalid
+from app.core.errors import PartHeadersTooLarge, PayloadTooLarge, RequestInvalid, TooManyParts
 
 SPOOL_MEMORY_BYTES = 1024 * 1024
 # Room for the multipart framing and small form fields around the file itself.
 ENVELOPE_BYTES = 64 * 1024
+# The upload needs one part; a few more leave room for clients that send a field or two beside it.
+MAX_PARTS = 16
+# All header lines of one part together; a browser's are a few hundred bytes. Below the one-line
+# limit of recent python-multipart releases, so this clear error comes first.
+MAX_PART_HEADER_BYTES = 4 * 1024
 
 
 @dataclass
@@ -44,6 +52,8 @@ class _FilePartCollector:
         self.filename: str | None = None
         self.found = False
         self.other_bytes = 0
+        self.parts = 0
+        self._header_bytes = 0
         self._writing = False
         self._header_field = b""
         self._header_value = b""
@@ -61,13 +71,29 @@ class _FilePartCollector:
         }
 
     def _part_begin(self) -> None:
+        self.parts += 1
+        if self.parts > MAX_PARTS:
+            raise TooManyParts(
+                f"The body has more than {MAX_PARTS} parts.", details={"max_parts": MAX_PARTS}
+            )
         self._disposition = b""
+        self._header_bytes = 0
         self._writing = False
 
+    def _count_header_bytes(self, length: int) -> None:
+        self._header_bytes += length
+        if self._header_bytes > MAX_PART_HEADER_BYTES:
+            raise PartHeadersTooLarge(
+                f"A part's headers are larger than {MAX_PART_HEADER_BYTES} bytes.",
+                details={"max_part_header_bytes": MAX_PART_HEADER_BYTES},
+            )
+
     def _header_field_data(self, data: bytes, start: int, end: int) -> None:
+        self._count_header_bytes(end - start)
         self._header_field += data[start:end]
 
     def _header_value_data(self, data: bytes, start: int, end: int) -> None:
+        self._count_header_bytes(end - start)
         self._header_value += data[start:end]
 
     def _header_end(self) -> None:
@@ -109,8 +135,10 @@ class _FilePartCollector:
 async def receive_file(request: Request, *, field_name: str, max_bytes: int) -> ReceivedFile:
     """Stream the part `field_name` of a multipart/form-data body into a spooled file.
 
-    Raises PayloadTooLarge as soon as the file passes `max_bytes` (or at once, when the declared
-    Content-Length already does), and RequestInvalid when the body is not multipart or lacks the part.
+    Raises PayloadTooLarge as soon as the file passes `max_bytes` or the whole body passes it by more
+    than ENVELOPE_BYTES (at once, when the declared Content-Length already does); TooManyParts and
+    PartHeadersTooLarge past MAX_PARTS and MAX_PART_HEADER_BYTES; RequestInvalid when the body is
+    not multipart or lacks the part.
     """
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     boundary = options.get(b"boundary")
@@ -119,16 +147,25 @@ async def receive_file(request: Request, *, field_name: str, max_bytes: int) -> 
             f"Send the image as multipart/form-data with a '{field_name}' part.",
             details=[{"loc": ["body", field_name], "msg": "multipart/form-data expected"}],
         )
+    max_body_bytes = max_bytes + ENVELOPE_BYTES
+    too_large = PayloadTooLarge(
+        f"The request body is larger than {max_body_bytes} bytes.",
+        details={"max_bytes": max_bytes, "max_body_bytes": max_body_bytes},
+    )
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes + ENVELOPE_BYTES:
-        raise PayloadTooLarge(
-            f"The file is larger than {max_bytes} bytes.", details={"max_bytes": max_bytes}
-        )
+    if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
+        raise too_large
 
     collector = _FilePartCollector(field_name, max_bytes)
     parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
+    received = 0
     try:
         async for chunk in request.stream():
+            # Counted on the raw stream: chunked bodies declare no length, and the parser's
+            # callbacks see neither the framing nor the part headers.
+            received += len(chunk)
+            if received > max_body_bytes:
+                raise too_large
             parser.write(chunk)
         parser.finalize()
     except MultipartParseError as error:

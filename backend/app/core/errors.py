@@ -53,6 +53,16 @@ class PayloadTooLarge(AppError):
     default_message = "The upload is larger than allowed."
 
 
+class TooManyParts(PayloadTooLarge):
+    code = "too_many_parts"
+    default_message = "The multipart body has more parts than allowed."
+
+
+class PartHeadersTooLarge(PayloadTooLarge):
+    code = "part_headers_too_large"
+    default_message = "A multipart part's headers are larger than allowed."
+
+
 class UnsupportedMediaType(AppError):
     status_code = 415
     code = "unsupported_media_type"

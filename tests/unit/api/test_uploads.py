@@ -5,7 +5,7 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.api.uploads import ENVELOPE_BYTES
+from app.api.uploads import ENVELOPE_BYTES, MAX_PART_HEADER_BYTES, MAX_PARTS
 from fixtures import images
 from fixtures.accounts import Account
 from tests.unit.helpers import count_jobs, upload
@@ -138,3 +138,94 @@ async def test_two_file_parts_are_refused_with_422(
     assert error["code"] == "validation_error"
     assert error["message"] == "Send exactly one 'file' part."
     assert await count_jobs(session) == 0
+
+
+def multipart_headers(account: Account, boundary: str) -> dict[str, str]:
+    return {**account.headers, "Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def file_part(boundary: str, data: bytes) -> bytes:
+    return (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    ).encode() + data
+
+
+async def test_a_million_empty_parts_are_refused_after_the_first_few(
+    client: httpx.AsyncClient, alice: Account, session: AsyncSession
+) -> None:
+    """The issue's row: this body was read whole (61 MiB, 7.8 s) and then accepted."""
+    boundary = "b"
+    empty_part = f'--{boundary}\r\nContent-Disposition: form-data; name="x"\r\n\r\n\r\n'.encode()
+    parts_sent = 0
+
+    async def body():
+        nonlocal parts_sent
+        for _ in range(1_000_000):
+            parts_sent += 1
+            yield empty_part
+        yield file_part(boundary, images.make_image("JPEG")) + f"\r\n--{boundary}--\r\n".encode()
+
+    response = await client.post(URL, content=body(), headers=multipart_headers(alice, boundary))
+
+    assert response.status_code == 413, response.text
+    error = response.json()["error"]
+    assert error["code"] == "too_many_parts"
+    assert error["details"] == {"max_parts": MAX_PARTS}
+    assert parts_sent < 100
+    assert await count_jobs(session) == 0
+
+
+async def test_oversized_part_headers_are_refused(
+    client: httpx.AsyncClient, alice: Account
+) -> None:
+    boundary = "b"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="x"\r\n'.encode()
+        + b"X-Padding: "
+        + b"a" * (MAX_PART_HEADER_BYTES + 1)
+        + b"\r\n\r\nvalue\r\n"
+        + file_part(boundary, images.make_image("JPEG"))
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+
+    response = await client.post(URL, content=body, headers=multipart_headers(alice, boundary))
+
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["code"] == "part_headers_too_large"
+
+
+async def test_the_size_limit_covers_the_whole_body_not_only_the_file(
+    client: httpx.AsyncClient, alice: Account, settings
+) -> None:
+    """Each part under every limit, the file under its own: the raw body is still too large."""
+    boundary = "b"
+    header_padding = b"X-Padding: " + b"a" * (MAX_PART_HEADER_BYTES - 100) + b"\r\n"
+    padded_part = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="x"\r\n'.encode()
+        + header_padding
+        + b"\r\n\r\n"
+    )
+    field_part = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="y"\r\n\r\n'.encode()
+        + b"v" * (ENVELOPE_BYTES // 2)
+        + b"\r\n"
+    )
+    file_bytes = b"\xff\xd8\xff" + b"\x00" * (settings.max_upload_bytes - 100)
+    chunks = [
+        *[padded_part] * (MAX_PARTS - 2),
+        field_part,
+        file_part(boundary, file_bytes) + f"\r\n--{boundary}--\r\n".encode(),
+    ]
+    assert sum(map(len, chunks)) > settings.max_upload_bytes + ENVELOPE_BYTES
+
+    async def body():
+        for chunk in chunks:  # chunked: no Content-Length to check up front
+            yield chunk
+
+    response = await client.post(URL, content=body(), headers=multipart_headers(alice, boundary))
+
+    assert response.status_code == 413, response.text
+    error = response.json()["error"]
+    assert error["code"] == "payload_too_large"
+    assert error["details"]["max_body_bytes"] == settings.max_upload_bytes + ENVELOPE_BYTES
