@@ -37,6 +37,13 @@ class ReceivedFile:
     def close(self) -> None:
         self.file.close()
 
+    def strip_after(self, end: int | None) -> None:
+        """Cut off whatever follows the image's own end (trailing data is stripped, not stored)."""
+        if end is not None and end < self.size:
+            self.file.truncate(end)
+            self.size = end
+        self.file.seek(0)
+
 
 class _FilePartCollector:
     """Parser callbacks: keep the bytes of the first part named `field_name`, count the rest."""

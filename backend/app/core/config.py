@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     api_title: str = "restoration"
     max_upload_bytes: int = Field(default=20 * MiB, gt=0)
     max_image_pixels: int = Field(default=50_000_000, gt=0)
+    # The shipped workflows blur with radius 2, and a side must exceed it (reflect padding): smaller
+    # uploads are refused rather than queued to fail (test_min_image_side.py pins it).
+    image_min_side_pixels: int = Field(default=3, ge=1)
     presign_expiry_seconds: int = Field(default=300, gt=0)
 
     # --- Database (SQLAlchemy URL; `postgresql+psycopg://...` in production)

@@ -81,6 +81,12 @@ class ImageTooLarge(AppError):
     default_message = "The image has more pixels than allowed."
 
 
+class ImageTooSmall(AppError):
+    status_code = 422
+    code = "image_too_small"
+    default_message = "The image is smaller than the workflow can restore."
+
+
 class ServiceUnavailable(AppError):
     status_code = 503
     code = "service_unavailable"

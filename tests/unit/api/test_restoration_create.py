@@ -187,3 +187,64 @@ async def test_idempotency_keys_are_per_user(
     assert mine.status_code == theirs.status_code == 202
     assert mine.json()["id"] != theirs.json()["id"]
     assert await count_jobs(session) == 2
+
+
+@pytest.mark.parametrize(
+    "size",
+    [(1, 1), (2, 2), (1, 512), (512, 1), (2, 64)],
+    ids=lambda size: f"{size[0]}x{size[1]}",
+)
+async def test_images_below_the_minimum_side_are_refused(
+    client: httpx.AsyncClient, alice: Account, session: AsyncSession, settings, size
+) -> None:
+    """The issue's row: these were accepted, then failed in ComfyUI's ImageBlur."""
+    response = await client.post(
+        URL, files=upload(images.make_image("PNG", size)), headers=alice.headers
+    )
+
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "image_too_small"
+    assert f"at least {settings.image_min_side_pixels} pixels" in error["message"]
+    assert error["details"]["min_side_pixels"] == settings.image_min_side_pixels
+    assert await count_jobs(session) == 0
+
+
+async def test_the_minimum_side_itself_is_accepted(
+    client: httpx.AsyncClient, alice: Account, settings
+) -> None:
+    side = settings.image_min_side_pixels
+    response = await client.post(
+        URL, files=upload(images.make_image("PNG", (side, side))), headers=alice.headers
+    )
+
+    assert response.status_code == 202, response.text
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+async def test_trailing_data_is_stripped_before_storage(
+    client: httpx.AsyncClient, alice: Account, session: AsyncSession, s3_client, settings, fmt
+) -> None:
+    """The issue's row: a JPEG+ZIP polyglot was stored whole, the ZIP included."""
+    image = images.make_image(fmt, (64, 48))
+    response = await client.post(
+        URL, files=upload(image + images.zip_archive()), headers=alice.headers
+    )
+
+    assert response.status_code == 202, response.text
+    assert response.json()["size_bytes"] == len(image)
+    job = await session.get(RestorationJob, uuid.UUID(response.json()["id"]))
+    assert job is not None
+    stored = s3_client.get_object(Bucket=settings.s3_bucket, Key=job.original_key)["Body"].read()
+    assert stored == image
+
+
+async def test_exif_thumbnail_end_marker_is_not_taken_for_the_image_s_end(
+    client: httpx.AsyncClient, alice: Account, session: AsyncSession, s3_client, settings
+) -> None:
+    image = images.jpeg_with_exif_thumbnail()
+    assert image.index(b"\xff\xd9") < len(image) - 2  # the thumbnail's EOI comes first
+    response = await client.post(URL, files=upload(image + b"trailing"), headers=alice.headers)
+
+    assert response.status_code == 202, response.text
+    assert response.json()["size_bytes"] == len(image)

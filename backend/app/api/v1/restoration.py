@@ -112,8 +112,13 @@ async def create_restoration(
     )
     try:
         image = await anyio.to_thread.run_sync(
-            lambda: inspect_image(upload.file, max_pixels=settings.max_image_pixels)
+            lambda: inspect_image(
+                upload.file,
+                max_pixels=settings.max_image_pixels,
+                min_side=settings.image_min_side_pixels,
+            )
         )
+        upload.strip_after(image.end)
         job, created = await service.create_job(
             user, file=upload.file, size=upload.size, image=image, idempotency_key=idempotency_key
         )
