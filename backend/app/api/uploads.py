@@ -8,6 +8,7 @@ is refused after the first few, instead of being parsed to its end. Parts spill 
 temporary file past one MiB.
 """
 
+import hashlib
 from dataclasses import dataclass
 from tempfile import SpooledTemporaryFile
 
@@ -33,6 +34,8 @@ class ReceivedFile:
     file: SpooledTemporaryFile[bytes]
     size: int
     filename: str | None
+    # SHA-256 (hex) of the file's bytes as sent, the request's fingerprint for Idempotency-Key.
+    sha256: str
 
     def close(self) -> None:
         self.file.close()
@@ -56,6 +59,7 @@ class _FilePartCollector:
             max_size=SPOOL_MEMORY_BYTES
         )
         self.size = 0
+        self.digest = hashlib.sha256()
         self.filename: str | None = None
         self.found = False
         self.other_bytes = 0
@@ -134,6 +138,7 @@ class _FilePartCollector:
                 details={"max_bytes": self.max_bytes},
             )
         self.file.write(data[start:end])
+        self.digest.update(data[start:end])
 
     def _part_end(self) -> None:
         self._writing = False
@@ -191,4 +196,9 @@ async def receive_file(request: Request, *, field_name: str, max_bytes: int) -> 
             details=[{"loc": ["body", field_name], "msg": "field required"}],
         )
     collector.file.seek(0)
-    return ReceivedFile(file=collector.file, size=collector.size, filename=collector.filename)
+    return ReceivedFile(
+        file=collector.file,
+        size=collector.size,
+        filename=collector.filename,
+        sha256=collector.digest.hexdigest(),
+    )

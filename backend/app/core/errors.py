@@ -47,6 +47,15 @@ class IdempotencyConflict(AppError):
     default_message = "A request with this Idempotency-Key is still being processed."
 
 
+class IdempotencyKeyReused(AppError):
+    status_code = 422
+    code = "idempotency_key_reused"
+    default_message = (
+        "This Idempotency-Key was already used for a different request; "
+        "use a new key for a new upload."
+    )
+
+
 class PayloadTooLarge(AppError):
     status_code = 413
     code = "payload_too_large"

@@ -82,6 +82,9 @@ class RestorationJob(Base):
         default=JobStatus.PENDING,
     )
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    # SHA-256 (hex) of the uploaded file's bytes as sent: a replayed Idempotency-Key must come with
+    # the same request. NULL for jobs made before fingerprints were kept.
+    request_fingerprint: Mapped[str | None] = mapped_column(String(64))
 
     # The original upload, as stored in S3.
     original_key: Mapped[str] = mapped_column(String(512))

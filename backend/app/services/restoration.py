@@ -15,7 +15,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import Settings
-from app.core.errors import JobNotCompleted, JobNotFound, StorageUnavailable
+from app.core.errors import (
+    IdempotencyKeyReused,
+    JobNotCompleted,
+    JobNotFound,
+    StorageUnavailable,
+)
 from app.models import JobStatus, RestorationJob, User
 from app.models.base import utcnow
 from app.repositories.restoration import RestorationJobRepository
@@ -41,6 +46,14 @@ class RestorationService:
     async def find_by_idempotency_key(self, user: User, key: str) -> RestorationJob | None:
         return await self.jobs.get_by_idempotency_key(user.id, key)
 
+    @staticmethod
+    def replay(job: RestorationJob, fingerprint: str | None) -> RestorationJob:
+        """The job an Idempotency-Key made, if this request is the same one (IETF draft: a key
+        reused with another request is refused)."""
+        if job.request_fingerprint is not None and job.request_fingerprint != fingerprint:
+            raise IdempotencyKeyReused()
+        return job
+
     async def create_job(
         self,
         user: User,
@@ -49,10 +62,12 @@ class RestorationService:
         size: int,
         image: ImageInfo,
         idempotency_key: str | None = None,
+        fingerprint: str | None = None,
     ) -> tuple[RestorationJob, bool]:
         """Store the original in S3, then insert the PENDING job (not committed).
 
-        Returns the job and whether it is new: with an Idempotency-Key seen before, the earlier job.
+        Returns the job and whether it is new: with an Idempotency-Key seen before, the earlier job
+        (IdempotencyKeyReused when `fingerprint` differs from the one it was made with).
         No job row survives a failed upload, and no object survives a failed insert.
         """
         # Read now: the rollback below expires every object of the session, `user` too, and
@@ -61,7 +76,7 @@ class RestorationService:
         if idempotency_key is not None:
             existing = await self.jobs.get_by_idempotency_key(user_id, idempotency_key)
             if existing is not None:
-                return existing, False
+                return self.replay(existing, fingerprint), False
 
         job_id = uuid.uuid4()
         key = s3.original_key(user_id, job_id, image.format.extension)
@@ -76,6 +91,7 @@ class RestorationService:
             user_id=user_id,
             status=JobStatus.PENDING,
             idempotency_key=idempotency_key,
+            request_fingerprint=fingerprint,
             original_key=key,
             content_type=image.format.content_type,
             size_bytes=size,
@@ -92,7 +108,7 @@ class RestorationService:
             if idempotency_key is not None:
                 existing = await self.jobs.get_by_idempotency_key(user_id, idempotency_key)
                 if existing is not None:
-                    return existing, False
+                    return self.replay(existing, fingerprint), False
             raise
         except BaseException:
             await self.discard_original(job)

@@ -2,6 +2,7 @@
 Postgres, stores in S3 and puts on the Redis broker, read back with plain clients."""
 
 import base64
+import hashlib
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -155,9 +156,7 @@ async def test_the_same_idempotency_key_gives_the_same_job(
 ) -> None:
     first = await create_job(client, alice, **{"Idempotency-Key": "k-1"})
     again = await client.post(
-        URL,
-        files=upload(images.make_image(seed=1)),
-        headers={**alice.headers, "Idempotency-Key": "k-1"},
+        URL, files=upload(images.make_image()), headers={**alice.headers, "Idempotency-Key": "k-1"}
     )
     other_user = await create_job(client, bob, **{"Idempotency-Key": "k-1"})
 
@@ -168,6 +167,10 @@ async def test_the_same_idempotency_key_gives_the_same_job(
     assert jobs_table.count() == 2
     assert len(object_keys(settings)) == 2
     assert len(queued_messages(settings)) == 2
+    assert (
+        jobs_table.one(first)["request_fingerprint"]
+        == hashlib.sha256(images.make_image()).hexdigest()
+    )
 
 
 async def test_concurrent_requests_with_one_idempotency_key_make_one_job(
@@ -187,14 +190,42 @@ async def test_concurrent_requests_with_one_idempotency_key_make_one_job(
         )
 
     async with anyio.create_task_group() as group:
-        for seed in range(4):
-            group.start_soon(post, seed)
+        for _ in range(4):
+            group.start_soon(post, 0)
 
     assert [answer.status_code for answer in answers] == [202] * 4
     assert len({answer.json()["id"] for answer in answers}) == 1
     assert jobs_table.count() == 1
     assert object_keys(settings) == {jobs_table.one(answers[0].json()["id"])["original_key"]}
     assert len(queued_messages(settings)) == 1
+
+
+async def test_concurrent_different_requests_with_one_key_make_one_job_and_refuse_the_rest(
+    client: httpx.AsyncClient, alice: Account, jobs_table: JobsTable, settings: Settings
+) -> None:
+    """Losers of the unique-constraint race compare fingerprints too: another file is a 422."""
+    answers: list[httpx.Response] = []
+
+    async def post(seed: int) -> None:
+        answers.append(
+            await client.post(
+                URL,
+                files=upload(images.make_image(seed=seed)),
+                headers={**alice.headers, "Idempotency-Key": "raced"},
+            )
+        )
+
+    async with anyio.create_task_group() as group:
+        for seed in range(4):
+            group.start_soon(post, seed)
+
+    statuses = sorted(answer.status_code for answer in answers)
+    assert statuses == [202, 422, 422, 422], [answer.text for answer in answers]
+    refused = [answer.json()["error"]["code"] for answer in answers if answer.status_code == 422]
+    assert refused == ["idempotency_key_reused"] * 3
+    assert jobs_table.count() == 1
+    winner = next(answer for answer in answers if answer.status_code == 202)
+    assert object_keys(settings) == {jobs_table.one(winner.json()["id"])["original_key"]}
 
 
 # --- user <-> job

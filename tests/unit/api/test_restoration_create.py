@@ -163,7 +163,10 @@ async def test_idempotency_key_returns_the_same_job(
 ) -> None:
     headers = {**alice.headers, "Idempotency-Key": "upload-42"}
     first = await client.post(URL, files=upload(images.make_image(seed=1)), headers=headers)
-    again = await client.post(URL, files=upload(images.make_image(seed=2)), headers=headers)
+    # The same request: the file's bytes decide; its name and Content-Type are not the request.
+    again = await client.post(
+        URL, files=upload(images.make_image(seed=1), "other.png", "image/png"), headers=headers
+    )
 
     assert first.status_code == again.status_code == 202
     assert first.json()["id"] == again.json()["id"]
@@ -248,3 +251,49 @@ async def test_exif_thumbnail_end_marker_is_not_taken_for_the_image_s_end(
 
     assert response.status_code == 202, response.text
     assert response.json()["size_bytes"] == len(image)
+
+
+@pytest.mark.parametrize(
+    "replay",
+    [
+        pytest.param({"files": upload(images.make_image(seed=2))}, id="another-file"),
+        pytest.param({"files": {"note": (None, "no file")}}, id="no-file-part"),
+        pytest.param({"content": b"", "headers": {"Content-Type": "image/png"}}, id="no-body"),
+    ],
+)
+async def test_idempotency_key_reused_with_another_request_is_refused(
+    client: httpx.AsyncClient,
+    alice: Account,
+    session: AsyncSession,
+    task_queue: RecordingTaskQueue,
+    replay: dict,
+) -> None:
+    """The issue's row: the earlier job came back whatever the body was."""
+    headers = {**alice.headers, "Idempotency-Key": "upload-43"}
+    first = await client.post(URL, files=upload(images.make_image(seed=1)), headers=headers)
+
+    again = await client.post(URL, headers={**headers, **replay.pop("headers", {})}, **replay)
+
+    assert first.status_code == 202
+    assert again.status_code == 422, again.text
+    assert again.json()["error"]["code"] == "idempotency_key_reused"
+    assert "idempotent-replayed" not in again.headers
+    assert await count_jobs(session) == 1
+    assert len(task_queue.enqueued) == 1
+
+
+async def test_jobs_without_a_fingerprint_replay_as_before(
+    client: httpx.AsyncClient, alice: Account, session: AsyncSession
+) -> None:
+    """Jobs made before fingerprints were kept have none: their key still replays."""
+    headers = {**alice.headers, "Idempotency-Key": "from-before"}
+    first = await client.post(URL, files=upload(images.make_image(seed=1)), headers=headers)
+    job = await session.get(RestorationJob, uuid.UUID(first.json()["id"]))
+    assert job is not None
+    job.request_fingerprint = None
+    await session.commit()
+
+    again = await client.post(URL, files=upload(images.make_image(seed=2)), headers=headers)
+
+    assert again.status_code == 202
+    assert again.json()["id"] == first.json()["id"]

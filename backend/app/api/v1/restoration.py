@@ -17,7 +17,7 @@ from app.api.deps import (
     TaskQueueDep,
 )
 from app.api.uploads import receive_file
-from app.core.errors import QueueUnavailable
+from app.core.errors import IdempotencyKeyReused, QueueUnavailable, RequestInvalid
 from app.models import JobStatus, RestorationJob
 from app.schemas.errors import ErrorResponse
 from app.schemas.restoration import RestorationJobOut, RestorationJobPage
@@ -100,17 +100,24 @@ async def create_restoration(
     settings: SettingsDep,
     idempotency_key: IdempotencyKey = None,
 ) -> RestorationJobOut:
+    existing = None
     if idempotency_key is not None:
         existing = await service.find_by_idempotency_key(user, idempotency_key)
-        if existing is not None:
-            response.headers["Location"] = job_location(request, existing)
-            response.headers["Idempotent-Replayed"] = "true"
-            return await job_out(service, existing)
 
-    upload = await receive_file(
-        request, field_name=UPLOAD_FIELD, max_bytes=settings.max_upload_bytes
-    )
     try:
+        upload = await receive_file(
+            request, field_name=UPLOAD_FIELD, max_bytes=settings.max_upload_bytes
+        )
+    except RequestInvalid as error:
+        if existing is not None:  # a replay without the file is another request
+            raise IdempotencyKeyReused() from error
+        raise
+    try:
+        if existing is not None:
+            replayed = service.replay(existing, upload.sha256)
+            response.headers["Location"] = job_location(request, replayed)
+            response.headers["Idempotent-Replayed"] = "true"
+            return await job_out(service, replayed)
         image = await anyio.to_thread.run_sync(
             lambda: inspect_image(
                 upload.file,
@@ -120,7 +127,12 @@ async def create_restoration(
         )
         upload.strip_after(image.end)
         job, created = await service.create_job(
-            user, file=upload.file, size=upload.size, image=image, idempotency_key=idempotency_key
+            user,
+            file=upload.file,
+            size=upload.size,
+            image=image,
+            idempotency_key=idempotency_key,
+            fingerprint=upload.sha256,
         )
     finally:
         upload.close()
