@@ -4,19 +4,26 @@ Keys are built only from ids, never from user-supplied filenames. boto3 blocks, 
 operation runs in a worker thread and the event loop stays free.
 """
 
+import io
+import logging
+import os
 import uuid
 from functools import partial
 from typing import IO, Any, TypeVar
 
 import anyio.to_thread
 import boto3
-from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, HTTPClientError
 
 from app.core.config import Settings
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
+
+# S3 refuses parts under 5 MiB, except the last.
+MIN_PART_BYTES = 5 * 1024 * 1024
 
 # Answers that may succeed when tried again.
 TRANSIENT_CODES = frozenset(
@@ -76,6 +83,51 @@ def classify(error: Exception, *, operation: str, key: str | None = None) -> Sto
     return StoragePermanentError(f"S3 {where} failed: {error}")
 
 
+class FileSlice(io.RawIOBase):
+    """`length` bytes of `fileobj` from `start`, as a seekable stream of its own.
+
+    botocore reads a request body in small blocks (and seeks back to hash or resend it), so a part
+    sent from a slice never sits in memory whole, as it would with s3transfer's readahead.
+    """
+
+    def __init__(self, fileobj: IO[bytes], start: int, length: int) -> None:
+        super().__init__()
+        self._file, self._start, self._length = fileobj, start, length
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._length}[whence]
+        self._pos = min(max(base + offset, 0), self._length)
+        return self._pos
+
+    def read(self, size: int | None = -1) -> bytes:
+        left = self._length - self._pos
+        size = left if size is None or size < 0 else min(size, left)
+        if size <= 0:
+            return b""
+        self._file.seek(self._start + self._pos)
+        data = self._file.read(size)
+        self._pos += len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def __len__(self) -> int:
+        return self._length
+
+
 def _client(settings: Settings, endpoint_url: str | None) -> Any:
     return boto3.client(
         "s3",
@@ -101,10 +153,7 @@ def _client(settings: Settings, endpoint_url: str | None) -> Any:
 class S3Storage:
     def __init__(self, settings: Settings, client: Any | None = None) -> None:
         self.bucket = settings.s3_bucket
-        self._transfer = TransferConfig(
-            multipart_threshold=settings.s3_multipart_threshold_bytes,
-            multipart_chunksize=settings.s3_multipart_threshold_bytes,
-        )
+        self._part_bytes = max(settings.s3_multipart_threshold_bytes, MIN_PART_BYTES)
         self.client = client or _client(settings, settings.s3_endpoint_url)
         # Presigned URLs carry the host in their signature: sign them for the public endpoint.
         public = settings.s3_public_endpoint_url
@@ -119,16 +168,48 @@ class S3Storage:
             raise classify(error, operation=operation, key=key) from error
 
     async def upload(self, key: str, fileobj: IO[bytes], *, content_type: str) -> None:
-        """Streams the file; multipart above the configured threshold."""
-        function = partial(
-            self.client.upload_fileobj,
-            fileobj,
-            self.bucket,
-            key,
-            ExtraArgs={"ContentType": content_type},
-            Config=self._transfer,
-        )
-        await self._call("upload", key, function)
+        """Streams a seekable file from its start: one PUT up to the multipart threshold, parts of
+        that size above it, one part at a time. Memory stays at botocore's read blocks whatever
+        the file's size."""
+        await self._call("upload", key, partial(self._upload, key, fileobj, content_type))
+
+    def _upload(self, key: str, fileobj: IO[bytes], content_type: str) -> None:
+        size = fileobj.seek(0, os.SEEK_END)
+        if size <= self._part_bytes:
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=FileSlice(fileobj, 0, size),
+                ContentLength=size,
+                ContentType=content_type,
+            )
+            return
+        upload_id = self.client.create_multipart_upload(
+            Bucket=self.bucket, Key=key, ContentType=content_type
+        )["UploadId"]
+        try:
+            parts = []
+            for number, start in enumerate(range(0, size, self._part_bytes), start=1):
+                length = min(self._part_bytes, size - start)
+                answer = self.client.upload_part(
+                    Bucket=self.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=FileSlice(fileobj, start, length),
+                    ContentLength=length,
+                )
+                parts.append({"ETag": answer["ETag"], "PartNumber": number})
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+        except BaseException:
+            # Parts of an unfinished upload are kept (and billed) until aborted.
+            try:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            except (BotoCoreError, ClientError) as error:
+                logger.warning("could not abort multipart upload of %s: %s", key, error)
+            raise
 
     async def put_bytes(self, key: str, data: bytes, *, content_type: str) -> None:
         function = partial(

@@ -60,6 +60,40 @@ async def test_large_uploads_go_multipart(settings: Settings, moto_s3_client, s3
     assert head["ContentLength"] == len(data)
     # Multipart uploads get an ETag of the form "<md5>-<number of parts>".
     assert head["ETag"].strip('"').endswith("-3")
+    assert await storage.download("originals/u/big.tiff") == data
+
+
+async def test_a_failed_part_aborts_the_multipart_upload(
+    settings: Settings, moto_s3_client, s3_client, monkeypatch
+) -> None:
+    settings.s3_multipart_threshold_bytes = 5 * 1024 * 1024
+    storage = S3Storage(settings, client=moto_s3_client)
+    real_upload_part = moto_s3_client.upload_part
+    calls = 0
+
+    def failing_second_part(**kwargs):
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise ClientError({"Error": {"Code": "SlowDown"}}, "UploadPart")
+        return real_upload_part(**kwargs)
+
+    monkeypatch.setattr(moto_s3_client, "upload_part", failing_second_part)
+    data = bytes(12 * 1024 * 1024)
+
+    with pytest.raises(s3.StorageTransientError):
+        await storage.upload("originals/u/failed.tiff", io.BytesIO(data), content_type="image/tiff")
+
+    assert s3_client.list_multipart_uploads(Bucket=settings.s3_bucket).get("Uploads", []) == []
+    assert s3_client.list_objects_v2(Bucket=settings.s3_bucket)["KeyCount"] == 0
+
+
+def test_a_file_slice_reads_its_range_only() -> None:
+    stream = s3.FileSlice(io.BytesIO(b"0123456789"), 3, 4)
+
+    assert (len(stream), stream.read(2), stream.read(), stream.read()) == (4, b"34", b"56", b"")
+    stream.seek(-1, io.SEEK_END)
+    assert stream.read(10) == b"6"
 
 
 async def test_put_bytes_then_presign(storage: S3Storage, settings) -> None:
