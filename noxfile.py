@@ -149,6 +149,20 @@ def serve(session: nox.Session) -> None:
     session.run("python", "-m", "fixtures.serve", *session.posargs, interrupt_timeout=120)
 
 
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Every script under benchmarks/, one after the other; each prints its figures and fails on a
+    missed target. Not in the default list: timings and memory belong here, not in tests.
+    Options after `--` go to every script."""
+    install(session, "test")
+    scripts = sorted((ROOT / "benchmarks").glob("bench_*.py"))
+    if not scripts:
+        session.error("No benchmarks/bench_*.py scripts.")
+    for script in scripts:
+        session.log(f"--- {script.relative_to(ROOT)}")
+        session.run("python", str(script), *session.posargs)
+
+
 @nox.session(venv_backend="none")
 def lock(session: nox.Session) -> None:
     """Refresh uv.lock after a change to the dependencies in pyproject.toml; pins that still fit
