@@ -13,7 +13,7 @@ nox.needs_version = ">=2024.4.15"
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.reuse_venv = "yes"
 nox.options.error_on_missing_interpreters = True
-nox.options.sessions = ["lint", "typecheck", "unit", "integration", "e2e", "coverage"]
+nox.options.sessions = ["lint", "typecheck", "unit", "integration", "e2e", "fuzz", "coverage"]
 
 ROOT = Path(__file__).parent
 REPORTS = ROOT / "reports"
@@ -147,6 +147,16 @@ def serve(session: nox.Session) -> None:
     install(session, "test")
     # Ctrl-C reaches this process too: give it time to stop the stack and the services.
     session.run("python", "-m", "fixtures.serve", *session.posargs, interrupt_timeout=120)
+
+
+@nox.session
+def fuzz(session: nox.Session) -> None:
+    """Schemathesis on the app's OpenAPI schema and Hypothesis on upload bytes and multipart
+    framing, against the app under uvicorn on the integration tier's services and stand-in. Fails
+    on any 5xx, any answer off the schema, any message that leaks internals. A fixed budget
+    (FUZZ_EXAMPLES examples per test); derandomized in CI (CI set)."""
+    install(session, "fuzz")
+    run_tier(session, "fuzz")
 
 
 @nox.session
