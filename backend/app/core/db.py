@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import NullPool
 
+from app.core import timing
 from app.core.config import Settings
 
 RV = TypeVar("RV")
@@ -111,10 +112,13 @@ def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSessi
 
 @asynccontextmanager
 async def session_scope(factory: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
-    """A session for one unit of work outside a request; the caller commits."""
-    async with factory() as session:
-        try:
-            yield session
-        except BaseException:
-            await session.rollback()
-            raise
+    """A session for one unit of work outside a request; the caller commits.
+
+    Its time counts as the current job's database stage (see `app.core.timing`)."""
+    with timing.stage(timing.DATABASE):
+        async with factory() as session:
+            try:
+                yield session
+            except BaseException:
+                await session.rollback()
+                raise

@@ -16,6 +16,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, HTTPClientError
 
+from app.core import timing
 from app.core.config import Settings
 
 T = TypeVar("T")
@@ -215,7 +216,8 @@ class S3Storage:
         function = partial(
             self.client.put_object, Bucket=self.bucket, Key=key, Body=data, ContentType=content_type
         )
-        await self._call("put", key, function)
+        with timing.stage(timing.S3_UPLOAD):
+            await self._call("put", key, function)
 
     async def download(self, key: str) -> bytes:
         def read() -> bytes:
@@ -223,7 +225,8 @@ class S3Storage:
             body: bytes = response["Body"].read()
             return body
 
-        return await self._call("download", key, partial(read))
+        with timing.stage(timing.S3_DOWNLOAD):
+            return await self._call("download", key, partial(read))
 
     async def presign_download(self, key: str, *, expires_in: int) -> str:
         function = partial(

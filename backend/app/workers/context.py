@@ -1,12 +1,14 @@
-"""What one task run needs, built inside its event loop and closed after it.
+"""What a task run needs: the database, S3 and ComfyUI, as one `WorkerContext`.
 
-Each Celery task runs its async body with `asyncio.run`, a fresh loop each time, so database
-connections and the ComfyUI client must not outlive the run; the boto3 client may.
+In a worker process the context lives as long as the process, on its one event loop (see
+`app.workers.runtime`): pooled database connections, one httpx client per ComfyUI host, one boto3
+client. A run outside such a process (an eager task, a script) builds a context of its own inside
+its event loop, without a connection pool, and closes it after the run.
 """
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -49,17 +51,43 @@ class WorkerContext:
 ContextFactory = Callable[[Settings], AbstractAsyncContextManager[WorkerContext]]
 
 
+def open_worker_context(
+    settings: Settings, *, pooled: bool
+) -> tuple[WorkerContext, Callable[[], Awaitable[None]]]:
+    """A new context and the coroutine function that closes it.
+
+    `pooled` only where the context lives as long as its event loop: pooled connections belong
+    to the loop that opened them.
+    """
+    engine = create_engine(settings, pooled=pooled)
+    restorer = ComfyUIService.from_settings(settings)
+    context = WorkerContext(
+        settings=settings,
+        session_factory=create_session_factory(engine),
+        storage=S3Storage(settings),
+        restorer=restorer,
+    )
+
+    async def close() -> None:
+        try:
+            await restorer.aclose()
+        finally:
+            await engine.dispose()
+
+    return context, close
+
+
 @asynccontextmanager
 async def worker_context(settings: Settings) -> AsyncIterator[WorkerContext]:
-    engine = create_engine(settings, pooled=False)
-    restorer = ComfyUIService.from_settings(settings)
+    """The process's context when running on its worker runtime; else one for this run alone."""
+    from app.workers.runtime import current_runtime  # the runtime builds its context with ours
+
+    runtime = current_runtime()
+    if runtime is not None and asyncio.get_running_loop() is runtime.loop:
+        yield await runtime.context(settings)
+        return
+    context, close = open_worker_context(settings, pooled=False)
     try:
-        yield WorkerContext(
-            settings=settings,
-            session_factory=create_session_factory(engine),
-            storage=S3Storage(settings),
-            restorer=restorer,
-        )
+        yield context
     finally:
-        await restorer.aclose()
-        await engine.dispose()
+        await close()

@@ -60,7 +60,7 @@ class ComfyUIClient:
 
     Every failure leaves as a `ComfyUIError`: transport errors, timeouts, 5xx and malformed
     answers as `ComfyUIUnavailable`; other 4xx as a permanent `ComfyUIError`. Bound to the event
-    loop it is used on (httpx pools connections per loop): make one per `asyncio.run`.
+    loop it is used on (httpx pools connections per loop): the worker's lives on its process's loop.
     """
 
     def __init__(

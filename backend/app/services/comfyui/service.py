@@ -10,6 +10,7 @@ from uuid import UUID
 
 from PIL import Image
 
+from app.core import timing
 from app.core.config import Settings, WorkflowName
 from app.services.comfyui.client import ComfyUIClient
 from app.services.comfyui.errors import ExecutionFailed, WorkflowRejected
@@ -37,8 +38,8 @@ class ComfyUIService:
     What is the same for every job (scale, upscale model, time limit) is fixed when the service is
     built (`from_settings`); `restore` takes only what differs per job. `workflow_inputs` sets node
     inputs of a workflow on top of that (`build_workflow`'s `inputs`). Holds one client, so it
-    belongs to the event loop it is used on: build it inside that loop (per `asyncio.run` in the
-    worker, per app lifespan in the API) and `aclose()` it there.
+    belongs to the event loop it is used on: build it for that loop (the worker process's loop,
+    the app's lifespan in the API) and `aclose()` it there.
     """
 
     def __init__(
@@ -105,9 +106,12 @@ class ComfyUIService:
         end of execution.
         """
         client = self.client
-        uploaded = await client.upload_image(
-            image, f"input.{extension.lstrip('.').lower()}", f"jobs/{job_id}", overwrite=True
-        )
+        if (timings := timing.current()) is not None:
+            timings.attempt = attempt
+        with timing.stage(timing.COMFYUI_UPLOAD):
+            uploaded = await client.upload_image(
+                image, f"input.{extension.lstrip('.').lower()}", f"jobs/{job_id}", overwrite=True
+            )
         try:
             graph = build_workflow(
                 workflow,
@@ -120,17 +124,20 @@ class ComfyUIService:
             save_node = output_node(graph)
         except WorkflowError as exc:
             raise WorkflowRejected(f"workflow {workflow.value} is unusable: {exc}") from exc
-        await client.validate(graph)
-        result = await client.run(
-            graph, on_progress=on_progress, cancel=cancel, timeout=self.timeout
-        )
+        with timing.stage(timing.COMFYUI_VALIDATE):
+            await client.validate(graph)
+        with timing.stage(timing.COMFYUI_EXECUTION):
+            result = await client.run(
+                graph, on_progress=on_progress, cancel=cancel, timeout=self.timeout
+            )
         images = result.outputs.get(save_node)
         if not images:
             raise ExecutionFailed(
                 f"prompt {result.prompt_id} finished without an image from node {save_node}",
                 prompt_id=result.prompt_id,
             )
-        data = await client.view(images[0])
+        with timing.stage(timing.COMFYUI_VIEW):
+            data = await client.view(images[0])
         width, height = _image_size(data, result.prompt_id)
         logger.info(
             "job %s attempt %s restored by prompt %s: %dx%d, %d bytes",

@@ -21,11 +21,13 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from app.core.config import Settings, WorkflowName, get_settings
 from app.core.db import session_scope
+from app.core.timing import job_timings
 from app.models import RestorationJob
 from app.models.base import utcnow
 from app.repositories.restoration import RestorationJobRepository
 from app.services import s3
 from app.services.comfyui import ComfyUIError, ExecutionCancelled
+from app.workers import runtime
 from app.workers.celery_app import celery_app
 from app.workers.context import ContextFactory, WorkerContext, worker_context
 from app.workers.queue import RESTORE_TASK
@@ -217,8 +219,9 @@ async def _run_attempt(ctx: WorkerContext, job: RestorationJob) -> Outcome:
 
 
 async def run_job(settings: Settings, job_id: uuid.UUID, held_attempt: int | None) -> Outcome:
-    async with context_factory(settings) as ctx:
-        return await process_job(ctx, job_id, held_attempt=held_attempt)
+    with job_timings(job_id):  # logs the run's stage timings
+        async with context_factory(settings) as ctx:
+            return await process_job(ctx, job_id, held_attempt=held_attempt)
 
 
 async def fail_overdue_job(settings: Settings, job_id: uuid.UUID, message: str) -> None:
@@ -232,7 +235,7 @@ def restore_image(self: Task[Any, str], job_id: str, held_attempt: int | None = 
     settings = get_settings()
     job_uuid = uuid.UUID(job_id)
     try:
-        outcome = asyncio.run(run_job(settings, job_uuid, held_attempt))
+        outcome = runtime.run(run_job(settings, job_uuid, held_attempt))
     except JobDatabaseError as error:
         # The database is away: try again later, holding on to our lease if we had one.
         if self.request.retries >= settings.task_max_retries:
@@ -248,7 +251,7 @@ def restore_image(self: Task[Any, str], job_id: str, held_attempt: int | None = 
         # event loop itself): record the failure here too, or the job would stay PROCESSING.
         limit = settings.task_soft_time_limit_seconds
         logger.error("job %s exceeded the soft time limit of %s s", job_id, limit)
-        asyncio.run(fail_overdue_job(settings, job_uuid, f"The job took longer than {limit:g} s."))
+        runtime.run(fail_overdue_job(settings, job_uuid, f"The job took longer than {limit:g} s."))
         return Result.FAILED.value
     if outcome.result is Result.RETRY:
         assert outcome.retry_in is not None

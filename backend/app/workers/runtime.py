@@ -1,0 +1,160 @@
+"""One event loop per worker process, and a worker context that lives as long as the process.
+
+Building a loop, a database engine, an httpx client and a boto3 client for every task cost more
+than the pipeline's own work (issue 10: ~100 ms a job). So a pool process builds them once:
+
+- `worker_process_init` (sent in each prefork child after the fork, and once by the solo pool)
+  installs a `ProcessRuntime`. Whatever the child inherited from its parent is dropped first,
+  without closing: the parent's sockets are not the child's to close.
+- The task runs its body with `run(coro)` on the process's loop instead of `asyncio.run`;
+  `worker_context` hands it the process's pooled context (built on first use, rebuilt if the
+  settings change).
+- `worker_process_shutdown` (prefork child) and `worker_shutdown` (solo) close it all.
+
+Without an installed runtime (eager tasks, scripts) `run` falls back to `asyncio.run` and each run
+gets a context of its own, as before.
+"""
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from celery import signals
+
+from app.core.config import Settings
+from app.workers.context import WorkerContext, open_worker_context
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class ProcessRuntime:
+    """An event loop and the worker context built on it, for one process.
+
+    Runs one coroutine at a time, from whichever thread calls `run` (the solo pool in tests calls
+    from a thread of its own); a lock keeps two threads from entering the loop at once.
+    """
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        self._lock = threading.Lock()
+        self._context: WorkerContext | None = None
+        self._close_context: Any = None
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        with self._lock:
+            task = self.loop.create_task(coro)
+            try:
+                return self.loop.run_until_complete(task)
+            except BaseException:
+                # Something (a Celery time limit, raised from a signal handler) broke out of the
+                # loop: as `asyncio.run` would, cancel what the run left, so nothing of it resumes
+                # in the next one.
+                self._cancel_pending()
+                raise
+
+    def _cancel_pending(self) -> None:
+        pending = [task for task in asyncio.all_tasks(self.loop) if not task.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+
+    async def context(self, settings: Settings) -> WorkerContext:
+        """The process's context for `settings`; built on first use, rebuilt when they change."""
+        if self._context is not None and self._context.settings == settings:
+            return self._context
+        await self._aclose_context()
+        self._context, self._close_context = open_worker_context(settings, pooled=True)
+        return self._context
+
+    async def _aclose_context(self) -> None:
+        close, self._context, self._close_context = self._close_context, None, None
+        if close is not None:
+            await close()
+
+    def close(self) -> None:
+        """Close the context and the loop. Callable from anywhere, even from inside another
+        running loop (a worker started and stopped by async code): then from a thread of its own.
+        """
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            self._close()
+            return
+        closer = threading.Thread(target=self._close, name="worker-runtime-close")
+        closer.start()
+        closer.join()
+
+    def _close(self) -> None:
+        with self._lock:
+            if self.loop.is_closed():
+                return
+            try:
+                self.loop.run_until_complete(self._aclose_context())
+                self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+                self.loop.run_until_complete(self.loop.shutdown_default_executor())
+            except Exception:
+                logger.exception("closing the worker context failed")
+            finally:
+                self.loop.close()
+
+    def abandon(self) -> None:
+        """After a fork: forget the parent's connections without closing them (they are its)."""
+        context = self._context
+        self._context = self._close_context = None
+        if context is not None:
+            context.session_factory.kw["bind"].sync_engine.dispose(close=False)
+
+
+_runtime: ProcessRuntime | None = None
+
+
+def current_runtime() -> ProcessRuntime | None:
+    """The runtime of this process, if one is installed and running the calling code's loop."""
+    runtime = _runtime
+    if runtime is None or runtime.pid != os.getpid():
+        return None
+    return runtime
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a task body: on the process's loop if a runtime is installed, else in `asyncio.run`."""
+    runtime = current_runtime()
+    if runtime is None:
+        return asyncio.run(coro)
+    return runtime.run(coro)
+
+
+def install() -> ProcessRuntime:
+    global _runtime
+    if _runtime is not None:
+        if _runtime.pid != os.getpid():
+            _runtime.abandon()  # inherited through a fork
+        else:
+            _runtime.close()
+    _runtime = ProcessRuntime()
+    return _runtime
+
+
+def uninstall() -> None:
+    global _runtime
+    runtime, _runtime = _runtime, None
+    if runtime is not None and runtime.pid == os.getpid():
+        runtime.close()
+
+
+@signals.worker_process_init.connect
+def _on_process_init(**_: Any) -> None:
+    install()
+
+
+@signals.worker_process_shutdown.connect
+@signals.worker_shutdown.connect
+def _on_shutdown(**_: Any) -> None:
+    uninstall()
