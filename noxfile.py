@@ -164,7 +164,7 @@ def bench(session: nox.Session) -> None:
     """Every script under benchmarks/, one after the other; each prints its figures and fails on a
     missed target. Not in the default list: timings and memory belong here, not in tests.
     Options after `--` go to every script."""
-    install(session, "test")
+    install(session, "e2e")  # bench_pipeline.py runs the stack on real photos (scikit-image)
     scripts = sorted((ROOT / "benchmarks").glob("bench_*.py"))
     if not scripts:
         session.error("No benchmarks/bench_*.py scripts.")

@@ -1,0 +1,273 @@
+"""The pipeline against ComfyUI itself, and how it scales with worker processes and ComfyUI hosts.
+
+    python benchmarks/bench_pipeline.py [--jobs N] [--services native|docker|auto|external]
+
+Starts the services (as the test tiers do) and the whole stack as processes (`fixtures.stack`:
+API, Celery worker, ComfyUI stand-ins), then measures, in one run and side by side:
+
+- pipeline: jobs uploaded through the API and followed until COMPLETED, against the direct loop:
+  the same workflow sent straight to the same ComfyUI (upload, websocket, POST /prompt, /history,
+  /view), with 1 and with 8 jobs in flight; the throughput ratio, and the per-stage medians from
+  the worker's stage-timings log lines (`app.core.timing`);
+- with a slow node (the stand-in's `slow` fault): 1 against 2 worker processes (2 hosts), and
+  1 against 2 ComfyUI hosts (2 worker processes).
+
+With COMFYUI_URLS (or COMFYUI_URL) set, the same runs go to those real hosts instead of stand-ins
+(the slow-node runs then use the hosts as they are). Prints a table and writes
+reports/bench/pipeline.json. Timings are only comparable within one run on one machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "backend")]
+
+from app.core.config import WorkflowName  # noqa: E402
+from app.services.comfyui import ComfyUIClient  # noqa: E402
+from app.workflows import build_workflow, output_node  # noqa: E402
+from fixtures.photos import degraded_photo  # noqa: E402
+from fixtures.services.run import RunContext  # noqa: E402
+from fixtures.services.sharing import SharedServices  # noqa: E402
+from fixtures.stack import Stack, StackOptions  # noqa: E402
+
+REPORTS = REPO_ROOT / "reports" / "bench"
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
+SETTINGS = {
+    "COMFYUI_SCALE": "2",
+    "COMFYUI_POLL_INTERVAL_SECONDS": "0.2",
+    "TASK_HEARTBEAT_SECONDS": "2",
+}
+STAGES_LINE = re.compile(r"job (?P<job>[0-9a-f-]{36}) attempt \S+ stages: (?P<stages>.*)$")
+
+
+def median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 1) if values else None
+
+
+@dataclass
+class Run:
+    name: str
+    jobs: int
+    in_flight: int
+    seconds: float
+    per_job_ms: list[float] = field(default_factory=list)
+    stages_ms: dict[str, float | None] = field(default_factory=dict)
+    failed: int = 0
+
+    @property
+    def throughput(self) -> float:
+        return self.jobs / self.seconds
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "jobs": self.jobs,
+            "in_flight": self.in_flight,
+            "seconds": round(self.seconds, 3),
+            "jobs_per_s": round(self.throughput, 2),
+            "median_job_ms": median(self.per_job_ms),
+            "stages_median_ms": self.stages_ms,
+            "failed": self.failed,
+        }
+
+
+# --- the two loops
+
+
+async def run_in_flight(jobs: int, in_flight: int, one: Any) -> tuple[float, list[float]]:
+    """Run `one(i)` for i in range(jobs), `in_flight` at a time; wall time and per-job times."""
+    todo = iter(range(jobs))
+    per_job: list[float] = []
+
+    async def lane() -> None:
+        for i in todo:
+            started = time.perf_counter()
+            await one(i)
+            per_job.append((time.perf_counter() - started) * 1000)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(lane() for _ in range(in_flight)))
+    return time.perf_counter() - started, per_job
+
+
+async def direct(url: str, image: bytes, jobs: int, in_flight: int) -> Run:
+    """The same workflow straight to ComfyUI, as a client with nothing else to do would send it."""
+    async with ComfyUIClient(url, poll_interval=0.2) as client:
+
+        async def one(i: int) -> None:
+            uploaded = await client.upload_image(image, "input.png", f"direct/{i}")
+            graph = build_workflow(
+                WorkflowName.CORE,
+                image=uploaded.load_image_value,
+                output_prefix=f"direct/{time.time_ns()}",
+                scale=2.0,
+                upscale_model="",
+            )
+            result = await client.run(graph, timeout=120)
+            await client.view(result.outputs[output_node(graph)][0])
+
+        await one(-1)  # warm-up: connections, the stand-in's first run
+        seconds, per_job = await run_in_flight(jobs, in_flight, one)
+    return Run(f"direct x{in_flight}", jobs, in_flight, seconds, per_job)
+
+
+async def pipeline(stack: Stack, token: str, image: bytes, jobs: int, in_flight: int) -> Run:
+    """Jobs through the API: upload, then poll the job until it is terminal."""
+    headers = {"Authorization": f"Bearer {token}"}
+    ids: list[str] = []
+    failed = 0
+    async with httpx.AsyncClient(base_url=stack.api_url, headers=headers, timeout=60) as api:
+
+        async def one(i: int) -> None:
+            nonlocal failed
+            response = await api.post(
+                "/api/v1/restorations", files={"file": ("photo.png", image, "image/png")}
+            )
+            response.raise_for_status()
+            job_id = response.json()["id"]
+            while True:
+                job = (await api.get(f"/api/v1/restorations/{job_id}")).json()
+                if job["status"] in TERMINAL:
+                    break
+                await asyncio.sleep(0.005)
+            if job["status"] != "COMPLETED":
+                failed += 1
+            if i >= 0:
+                ids.append(job_id)
+
+        await one(-1)  # warm-up: the worker's first task, connections
+        seconds, per_job = await run_in_flight(jobs, in_flight, one)
+    run = Run(f"pipeline x{in_flight}", jobs, in_flight, seconds, per_job, failed=failed)
+    run.stages_ms = stage_medians(stack, set(ids))
+    return run
+
+
+def stage_medians(stack: Stack, ids: set[str]) -> dict[str, float | None]:
+    """Median of each stage over the jobs' stage-timing lines in the worker log."""
+    values: dict[str, list[float]] = {}
+    log = stack.options.log_dir / "worker.log"
+    for line in log.read_text(errors="replace").splitlines():
+        match = STAGES_LINE.search(line)
+        if match is None or match["job"] not in ids:
+            continue
+        for item in match["stages"].split():
+            name, _, value = item.partition("=")
+            values.setdefault(name.removesuffix("_ms"), []).append(float(value))
+    medians = {name: median(found) for name, found in values.items()}
+    total, execution = values.get("total", []), values.get("comfyui_execution", [])
+    if total and len(total) == len(execution):
+        medians["overhead"] = median([t - e for t, e in zip(total, execution, strict=True)])
+    return medians
+
+
+# --- stacks
+
+
+@contextmanager
+def services(option: str | None) -> Iterator[dict[str, str]]:
+    shared = SharedServices(RunContext.create(), "bench", option=option)
+    try:
+        yield shared.provision("bench").env()
+    finally:
+        shared.stop()
+        shared.remove_state()
+
+
+@contextmanager
+def stack(
+    env: dict[str, str],
+    name: str,
+    *,
+    workers: int,
+    comfyui_url: str | None = None,
+    standin_options: dict[str, Any] | None = None,
+) -> Iterator[tuple[Stack, str]]:
+    log_dir = REPORTS / "logs" / name
+    log_dir.mkdir(parents=True, exist_ok=True)
+    (log_dir / "worker.log").unlink(missing_ok=True)
+    options = StackOptions(
+        services_env=env,
+        log_dir=log_dir,
+        comfyui_url=comfyui_url,
+        worker_concurrency=workers,
+        settings_env=SETTINGS,
+        standin_options=standin_options or {},
+    )
+    with Stack(options) as running:
+        yield running, running.create_token(f"bench-{name}@example.com")
+
+
+# --- report
+
+
+def table(rows: list[tuple[str, str]]) -> str:
+    width = max(len(label) for label, _ in rows)
+    return "\n".join(f"  {label.ljust(width)}  {value}" for label, value in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=30, help="jobs per measured run")
+    parser.add_argument("--services", default=os.environ.get("TEST_SERVICES") or None)
+    parser.add_argument("--output", type=Path, default=REPORTS / "pipeline.json")
+    args = parser.parse_args(argv)
+
+    comfyui_url = os.environ.get("COMFYUI_URL") or None
+    image = degraded_photo("astronaut", max_side=256).png
+    runs: dict[str, Run] = {}
+    with services(args.services) as env:
+        for in_flight, workers in ((1, 1), (8, 4)):
+            with stack(env, f"x{in_flight}", workers=workers, comfyui_url=comfyui_url) as (
+                running,
+                token,
+            ):
+                runs[f"direct x{in_flight}"] = asyncio.run(
+                    direct(running.comfyui_url, image, args.jobs, in_flight)
+                )
+                runs[f"pipeline x{in_flight}"] = asyncio.run(
+                    pipeline(running, token, image, args.jobs, in_flight)
+                )
+
+    results: dict[str, Any] = {"runs": {name: run.summary() for name, run in runs.items()}}
+    rows: list[tuple[str, str]] = []
+    for name, run in runs.items():
+        rows.append(
+            (
+                name,
+                f"{run.throughput:6.2f} jobs/s  median job {median(run.per_job_ms)} ms"
+                + (f"  failed {run.failed}" if run.failed else ""),
+            )
+        )
+    for in_flight in (1, 8):
+        ratio = runs[f"pipeline x{in_flight}"].throughput / runs[f"direct x{in_flight}"].throughput
+        results[f"ratio_x{in_flight}"] = round(ratio, 3)
+        rows.append((f"pipeline/direct x{in_flight}", f"{ratio:.3f}"))
+        stages = runs[f"pipeline x{in_flight}"].stages_ms
+        rows.append(
+            (f"stage medians x{in_flight}", " ".join(f"{k}={v}" for k, v in stages.items()))
+        )
+    print(table(rows))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2))
+    print(f"written to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
