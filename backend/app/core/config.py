@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     comfyui_request_timeout_seconds: float = 30.0
     comfyui_job_timeout_seconds: float = 600.0
     comfyui_poll_interval_seconds: float = 1.0
+    # How often a worker checks a host's version and models to know its cached node specs hold.
+    comfyui_spec_recheck_seconds: float = Field(default=30.0, ge=0)
 
     # --- Worker
     task_max_retries: int = 5

@@ -3,6 +3,7 @@
 import asyncio
 import logging
 import ssl
+import time
 from collections.abc import Iterable
 from functools import cache
 from types import TracebackType
@@ -69,11 +70,17 @@ class ComfyUIClient:
         *,
         request_timeout: float = 30.0,
         poll_interval: float = 1.0,
+        spec_recheck_interval: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.request_timeout = request_timeout
         self.poll_interval = poll_interval
+        # Node specs of this host, by class (see `validate`), and what they were fetched under.
+        self.spec_recheck_interval = spec_recheck_interval
+        self._specs: dict[str, dict[str, Any]] = {}
+        self._specs_host: tuple[str | None, tuple[str, ...] | None] | None = None
+        self._specs_checked_at = time.monotonic()
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             timeout=request_timeout,
@@ -229,14 +236,59 @@ class ComfyUIClient:
 
         Fetches one `/object_info` per class (the full one is about 500 KB), stopping at the first
         class the host lacks, then runs `check_workflow`. Raises `WorkflowRejected`.
+
+        Specs are kept for the next jobs: fetching them cost more than the rest of a job's
+        overhead. They are dropped when a graph fails validation (after one more try with fresh
+        specs, if cached ones were used), when ComfyUI rejects a prompt, and when the host's
+        version or upscale models change (checked every `spec_recheck_interval` seconds).
         """
+        await self._recheck_specs()
+        cached = any(class_type in self._specs for class_type in node_classes(workflow))
+        try:
+            check_workflow(workflow, await self._node_specs(workflow))
+        except WorkflowRejected:
+            self.forget_specs()
+            if not cached:
+                raise
+            check_workflow(workflow, await self._node_specs(workflow))
+
+    async def _node_specs(self, workflow: Workflow) -> dict[str, dict[str, Any]]:
         specs: dict[str, dict[str, Any]] = {}
         for class_type in node_classes(workflow):
-            spec = await self.object_info(class_type)
+            spec = self._specs.get(class_type)
             if spec is None:
-                break  # check_workflow names it
+                spec = await self.object_info(class_type)
+                if spec is None:
+                    break  # check_workflow names it
+                self._specs[class_type] = spec
             specs[class_type] = spec
-        check_workflow(workflow, specs)
+        return specs
+
+    def forget_specs(self) -> None:
+        self._specs.clear()
+
+    async def _recheck_specs(self) -> None:
+        """Drop the specs if the host's version or model list changed since the last check.
+
+        A first check has nothing to compare with, so it drops them too: at most one refetch.
+        """
+        if (
+            not self._specs
+            or time.monotonic() - self._specs_checked_at < self.spec_recheck_interval
+        ):
+            return
+        stats = await self.system_stats()
+        system = stats.get("system")
+        version = text_or_none(system.get("comfyui_version")) if isinstance(system, dict) else None
+        try:
+            models: tuple[str, ...] | None = tuple(sorted(await self.upscale_models()))
+        except ComfyUIError:  # hosts without the /models route
+            models = None
+        host = (version, models)
+        if host != self._specs_host:
+            logger.info("node specs of %s dropped: the host is now %s", self.base_url, host)
+            self.forget_specs()
+        self._specs_host, self._specs_checked_at = host, time.monotonic()
 
     # --- Prompts
 
@@ -249,6 +301,7 @@ class ComfyUIClient:
             payload["prompt_id"] = prompt_id
         response = await self._request("POST", "/prompt", json=payload, handled=(400,))
         if response.status_code == 400:
+            self.forget_specs()  # they may be why our own validation let this graph through
             raise self._rejection(response)
         body = self._json(response, dict)
         queued = body.get("prompt_id")

@@ -63,6 +63,7 @@ class ComfyUIService:
             settings.comfyui_url,
             request_timeout=settings.comfyui_request_timeout_seconds,
             poll_interval=settings.comfyui_poll_interval_seconds,
+            spec_recheck_interval=settings.comfyui_spec_recheck_seconds,
         )
         return cls(
             client,
