@@ -13,7 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
 from app.core.db import create_engine, create_session_factory
-from app.services.comfyui import ComfyUIHealth, ComfyUIService
+from app.services.comfyui import ComfyUIHealth
+from app.services.comfyui.pool import comfyui_from_settings
 from app.services.s3 import S3Storage
 from app.workers.celery_app import create_celery_app
 from app.workers.queue import CeleryTaskQueue, TaskQueue
@@ -64,7 +65,7 @@ ResourcesFactory = Callable[[Settings], Awaitable[Resources]]
 async def build_resources(settings: Settings) -> Resources:
     engine = create_engine(settings)
     broker = RedisBrokerProbe(settings)
-    comfyui = ComfyUIService.from_settings(settings)
+    comfyui = comfyui_from_settings(settings)
     return Resources(
         settings=settings,
         session_factory=create_session_factory(engine),

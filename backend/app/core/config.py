@@ -57,6 +57,10 @@ class Settings(BaseSettings):
 
     # --- ComfyUI
     comfyui_url: str = "http://127.0.0.1:8188"
+    # Several hosts, separated by commas or spaces; when set, COMFYUI_URL is not used.
+    comfyui_urls: str | None = None
+    # A host that stopped answering is left out of the rotation this long, then asked again.
+    comfyui_host_retry_seconds: float = Field(default=10.0, ge=0)
     comfyui_workflow: WorkflowName = WorkflowName.CORE
     comfyui_upscale_model: str = "tiny_compact_x2.safetensors"
     comfyui_scale: float = Field(default=2.0, gt=0, le=8.0)
@@ -81,6 +85,12 @@ class Settings(BaseSettings):
     broker_visibility_timeout_seconds: float | None = None
     # How often a worker looks for tasks whose worker died (unacknowledged past the timeout).
     broker_restore_interval_seconds: float = Field(default=30.0, gt=0)
+
+    @property
+    def comfyui_hosts(self) -> list[str]:
+        """The ComfyUI hosts: COMFYUI_URLS if set, else COMFYUI_URL alone."""
+        hosts = (self.comfyui_urls or "").replace(",", " ").split()
+        return [host.rstrip("/") for host in hosts] or [self.comfyui_url.rstrip("/")]
 
     @model_validator(mode="after")
     def _derive_limits(self) -> "Settings":

@@ -17,12 +17,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.config import Settings, WorkflowName
 from app.core.db import create_engine, create_session_factory
-from app.services.comfyui import ComfyUIService, ProgressCallback, RestoredImage
+from app.services.comfyui import ProgressCallback, RestoredImage
+from app.services.comfyui.pool import comfyui_from_settings
 from app.services.s3 import S3Storage
 
 
 class Restorer(Protocol):
-    """The worker's view of ComfyUI (`app.services.comfyui.ComfyUIService` in production).
+    """The worker's view of ComfyUI (`ComfyUIService` for one host, `ComfyUIPool` for several).
 
     Only what differs per job: scale, model and time limit come from settings when it is built.
     """
@@ -60,7 +61,7 @@ def open_worker_context(
     to the loop that opened them.
     """
     engine = create_engine(settings, pooled=pooled)
-    restorer = ComfyUIService.from_settings(settings)
+    restorer = comfyui_from_settings(settings)
     context = WorkerContext(
         settings=settings,
         session_factory=create_session_factory(engine),

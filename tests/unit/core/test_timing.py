@@ -36,7 +36,7 @@ def test_a_run_sums_its_stages_and_logs_them_with_the_job_id(
     stages = record.stages_ms  # type: ignore[attr-defined]
     assert record.job_id == str(job_id)  # type: ignore[attr-defined]
     assert record.attempt == 2  # type: ignore[attr-defined]
-    assert set(stages) == {"total", "database", "comfyui_execution"}
+    assert set(stages) == {"total", "cpu", "database", "comfyui_execution"}
     assert stages["database"] >= 20
     assert stages["total"] >= stages["database"]
     message = record.getMessage()

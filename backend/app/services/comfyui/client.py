@@ -347,6 +347,15 @@ class ComfyUIClient:
             if isinstance(item, list) and len(item) > 1 and isinstance(item[1], str)
         }
 
+    async def queue_length(self) -> int:
+        """Prompts running or waiting on this host."""
+        body = await self._get_json("/queue", dict)
+        return sum(
+            len(items)
+            for key in ("queue_running", "queue_pending")
+            if isinstance(items := body.get(key), list)
+        )
+
     async def interrupt(self, prompt_id: str | None = None) -> None:
         """Interrupt `prompt_id` if it is running (a no-op otherwise); without an id, whatever runs.
 

@@ -58,9 +58,10 @@ class ComfyUIService:
         self.workflow_inputs = dict(workflow_inputs or {})
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Self:
+    def from_settings(cls, settings: Settings, url: str | None = None) -> Self:
+        """The service for `url`, one of the hosts in settings (default: the first)."""
         client = ComfyUIClient(
-            settings.comfyui_url,
+            url or settings.comfyui_hosts[0],
             request_timeout=settings.comfyui_request_timeout_seconds,
             poll_interval=settings.comfyui_poll_interval_seconds,
             spec_recheck_interval=settings.comfyui_spec_recheck_seconds,
