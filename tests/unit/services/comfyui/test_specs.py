@@ -3,7 +3,6 @@
 import copy
 import json
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -15,10 +14,10 @@ from app.core.config import WorkflowName
 from app.services.comfyui import ComfyUIClient, WorkflowRejected
 from app.services.comfyui.validation import node_classes
 from app.workflows import build_workflow
+from fixtures.comfyui.specs import DATA_DIR
 
 BASE = "http://comfy.test:8188"
-DATA = Path(__file__).parent / "data" / "comfyui"
-OBJECT_INFO: dict[str, Any] = json.loads((DATA / "object_info_image_nodes.json").read_text())
+OBJECT_INFO: dict[str, Any] = json.loads((DATA_DIR / "object_info_image_nodes.json").read_text())
 CORE_CLASSES = 6  # distinct node classes of the core workflow
 
 pytestmark = pytest.mark.anyio
