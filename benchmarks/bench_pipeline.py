@@ -9,8 +9,9 @@ API, Celery worker, ComfyUI stand-ins), then measures, in one run and side by si
   the same workflow sent straight to the same ComfyUI (upload, websocket, POST /prompt, /history,
   /view), with 1 and with 8 jobs in flight; the throughput ratio, and the per-stage medians from
   the worker's stage-timings log lines (`app.core.timing`);
-- with a slow node (the stand-in's `slow` fault): 1 against 2 worker processes (2 hosts), and
-  1 against 2 ComfyUI hosts (2 worker processes).
+- with a slow node (the stand-in's `slow` fault), all jobs in flight at once: 1 against 2 worker
+  processes (with 2 hosts, so that the host is not the limit), and 1 against 2 ComfyUI hosts
+  (with 2 worker processes, so that the worker is not the limit).
 
 With COMFYUI_URLS (or COMFYUI_URL) set, the same runs go to those real hosts instead of stand-ins
 (the slow-node runs then use the hosts as they are). Prints a table and writes
@@ -30,6 +31,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +133,7 @@ async def pipeline(stack: Stack, token: str, image: bytes, jobs: int, in_flight:
     """Jobs through the API: upload, then poll the job until it is terminal."""
     headers = {"Authorization": f"Bearer {token}"}
     ids: list[str] = []
+    queued_ms: list[float] = []
     failed = 0
     async with httpx.AsyncClient(base_url=stack.api_url, headers=headers, timeout=60) as api:
 
@@ -150,11 +153,17 @@ async def pipeline(stack: Stack, token: str, image: bytes, jobs: int, in_flight:
                 failed += 1
             if i >= 0:
                 ids.append(job_id)
+                if job["started_at"]:
+                    queued = datetime.fromisoformat(job["started_at"]) - datetime.fromisoformat(
+                        job["created_at"]
+                    )
+                    queued_ms.append(queued.total_seconds() * 1000)
 
         await one(-1)  # warm-up: the worker's first task, connections
         seconds, per_job = await run_in_flight(jobs, in_flight, one)
     run = Run(f"pipeline x{in_flight}", jobs, in_flight, seconds, per_job, failed=failed)
     run.stages_ms = stage_medians(stack, set(ids))
+    run.stages_ms["accepted_to_started"] = median(queued_ms)
     return run
 
 
@@ -196,6 +205,7 @@ def stack(
     *,
     workers: int,
     comfyui_url: str | None = None,
+    standins: int = 1,
     standin_options: dict[str, Any] | None = None,
 ) -> Iterator[tuple[Stack, str]]:
     log_dir = REPORTS / "logs" / name
@@ -206,6 +216,7 @@ def stack(
         log_dir=log_dir,
         comfyui_url=comfyui_url,
         worker_concurrency=workers,
+        standins=standins,
         settings_env=SETTINGS,
         standin_options=standin_options or {},
     )
@@ -223,17 +234,24 @@ def table(rows: list[tuple[str, str]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=30, help="jobs per measured run")
+    parser.add_argument("--jobs", type=int, default=30, help="jobs per pipeline/direct run")
+    parser.add_argument("--slow-jobs", type=int, default=12, help="jobs per slow-node run")
+    parser.add_argument("--slow-seconds", type=float, default=0.5, help="the slow node's delay")
     parser.add_argument("--services", default=os.environ.get("TEST_SERVICES") or None)
     parser.add_argument("--output", type=Path, default=REPORTS / "pipeline.json")
     args = parser.parse_args(argv)
 
-    comfyui_url = os.environ.get("COMFYUI_URL") or None
+    hosts = (os.environ.get("COMFYUI_URLS") or os.environ.get("COMFYUI_URL") or "").replace(
+        ",", " "
+    )
+    real = hosts.split()
     image = degraded_photo("astronaut", max_side=256).png
     runs: dict[str, Run] = {}
     with services(args.services) as env:
+        # Pipeline against direct, on one host.
         for in_flight, workers in ((1, 1), (8, 4)):
-            with stack(env, f"x{in_flight}", workers=workers, comfyui_url=comfyui_url) as (
+            name = f"x{in_flight}"
+            with stack(env, name, workers=workers, comfyui_url=real[0] if real else None) as (
                 running,
                 token,
             ):
@@ -243,6 +261,24 @@ def main(argv: list[str] | None = None) -> int:
                 runs[f"pipeline x{in_flight}"] = asyncio.run(
                     pipeline(running, token, image, args.jobs, in_flight)
                 )
+        # A slow node: worker processes and hosts. Each run has all its jobs in flight at once.
+        slow = {"faults": [{"kind": "slow", "node": "ImageSharpen", "seconds": args.slow_seconds}]}
+        for host_count, workers in ((2, 1), (2, 2), (1, 2)):
+            name = f"slow {host_count}h {workers}w"
+            urls = ",".join(real[:host_count]) if real else None
+            if real and len(real) < host_count:
+                continue  # one real host: no host comparison
+            with stack(
+                env,
+                name.replace(" ", "-"),
+                workers=workers,
+                comfyui_url=urls,
+                standins=host_count,
+                standin_options=None if real else slow,
+            ) as (running, token):
+                run = asyncio.run(pipeline(running, token, image, args.slow_jobs, args.slow_jobs))
+                run.name = name
+                runs[name] = run
 
     results: dict[str, Any] = {"runs": {name: run.summary() for name, run in runs.items()}}
     rows: list[tuple[str, str]] = []
@@ -256,12 +292,23 @@ def main(argv: list[str] | None = None) -> int:
         )
     for in_flight in (1, 8):
         ratio = runs[f"pipeline x{in_flight}"].throughput / runs[f"direct x{in_flight}"].throughput
-        results[f"ratio_x{in_flight}"] = round(ratio, 3)
-        rows.append((f"pipeline/direct x{in_flight}", f"{ratio:.3f}"))
+        results[f"pipeline_over_direct_x{in_flight}"] = round(ratio, 3)
+        rows.append((f"pipeline/direct x{in_flight}", f"{ratio:.3f}  (target >= 0.9 at x1)"))
         stages = runs[f"pipeline x{in_flight}"].stages_ms
         rows.append(
             (f"stage medians x{in_flight}", " ".join(f"{k}={v}" for k, v in stages.items()))
         )
+    overhead = runs["pipeline x1"].stages_ms.get("overhead")
+    results["median_overhead_ms_x1"] = overhead
+    rows.append(("median overhead x1", f"{overhead} ms  (job total - execution; target <= 30)"))
+    for label, better, base in (
+        ("2 workers / 1 (slow node, 2 hosts)", "slow 2h 2w", "slow 2h 1w"),
+        ("2 hosts / 1 (slow node, 2 workers)", "slow 2h 2w", "slow 1h 2w"),
+    ):
+        if better in runs and base in runs:
+            ratio = runs[better].throughput / runs[base].throughput
+            results[label] = round(ratio, 3)
+            rows.append((label, f"{ratio:.3f}  (target >= 1.8)"))
     print(table(rows))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2))
