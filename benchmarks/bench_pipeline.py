@@ -235,8 +235,10 @@ def table(rows: list[tuple[str, str]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=30, help="jobs per pipeline/direct run")
-    parser.add_argument("--slow-jobs", type=int, default=12, help="jobs per slow-node run")
-    parser.add_argument("--slow-seconds", type=float, default=0.5, help="the slow node's delay")
+    parser.add_argument("--slow-jobs", type=int, default=8, help="jobs per slow-node run")
+    # Long against the stand-in's own CPU work, so that the runs measure waiting on busy hosts
+    # (as on GPU hosts), not the CPUs of the machine that runs the stand-ins.
+    parser.add_argument("--slow-seconds", type=float, default=2.0, help="the slow node's delay")
     parser.add_argument("--services", default=os.environ.get("TEST_SERVICES") or None)
     parser.add_argument("--output", type=Path, default=REPORTS / "pipeline.json")
     args = parser.parse_args(argv)
@@ -246,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     real = hosts.split()
     image = degraded_photo("astronaut", max_side=256).png
+    small = degraded_photo("astronaut", max_side=64).png
     runs: dict[str, Run] = {}
     with services(args.services) as env:
         # Pipeline against direct, on one host.
@@ -276,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                 standins=host_count,
                 standin_options=None if real else slow,
             ) as (running, token):
-                run = asyncio.run(pipeline(running, token, image, args.slow_jobs, args.slow_jobs))
+                run = asyncio.run(pipeline(running, token, small, args.slow_jobs, args.slow_jobs))
                 run.name = name
                 runs[name] = run
 

@@ -110,11 +110,11 @@ def test_a_run_broken_off_leaves_nothing_that_resumes_in_the_next(settings: Sett
 
     async def stuck() -> None:
         async def child() -> None:
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.2)
             resumed.append("child")
 
         asyncio.get_running_loop().create_task(child())
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.2)
         resumed.append("body")
 
     def soft_time_limit(signum: int, frame: object) -> None:
@@ -122,14 +122,14 @@ def test_a_run_broken_off_leaves_nothing_that_resumes_in_the_next(settings: Sett
 
     previous = signal.signal(signal.SIGUSR1, soft_time_limit)
     try:
-        threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGUSR1)).start()
+        threading.Timer(0.02, os.kill, (os.getpid(), signal.SIGUSR1)).start()
         with pytest.raises(SoftTimeLimitExceeded):
             runtime.run(stuck())
     finally:
         signal.signal(signal.SIGUSR1, previous)
 
     async def later() -> str:
-        await asyncio.sleep(0.6)
+        await asyncio.sleep(0.25)  # past the moment the body and its child would have resumed
         return "fine"
 
     assert runtime.run(later()) == "fine"
