@@ -16,6 +16,7 @@ from sqlalchemy.pool import NullPool
 
 from app.core.config import Settings
 from app.services.comfyui import ComfyUIService
+from app.services.s3 import S3Storage
 from app.workers import runtime
 from app.workers.context import WorkerContext, worker_context
 
@@ -156,10 +157,50 @@ def test_a_forked_child_drops_the_parents_connections_without_closing_them(
     parent.close()
 
 
-def test_celery_process_signals_install_and_close_the_runtime() -> None:
+def test_a_prepared_runtime_has_its_context_before_the_first_job(
+    settings: Settings, storage: S3Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built: list[WorkerContext] = []
+    real_open = runtime.open_worker_context
+
+    def open_context(settings: Settings, *, pooled: bool) -> Any:
+        context, close = real_open(settings, pooled=pooled)
+        built.append(context)
+        return context, close
+
+    monkeypatch.setattr(runtime, "open_worker_context", open_context)
+    installed = runtime.install()
+
+    installed.prepare(settings)
+    assert len(built) == 1
+
+    ctx, _ = runtime.run(context_of_run(settings))
+    assert built == [ctx]
+    assert ctx.storage.bucket == storage.bucket
+
+
+def test_a_runtime_prepared_while_a_service_is_down_starts_cold(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    installed = runtime.install()  # no moto here: S3 answers nothing
+
+    installed.prepare(settings.model_copy(update={"s3_endpoint_url": "http://127.0.0.1:1"}))
+
+    assert "worker process started cold" in caplog.text
+    assert runtime.run(asyncio.sleep(0, result="usable")) == "usable"
+
+
+def test_celery_process_signals_install_and_close_the_runtime(
+    monkeypatch: pytest.MonkeyPatch, settings: Settings
+) -> None:
+    prepared: list[Settings] = []
+    monkeypatch.setattr(runtime, "get_settings", lambda: settings)
+    monkeypatch.setattr(runtime.ProcessRuntime, "prepare", lambda self, s: prepared.append(s))
+
     signals.worker_process_init.send(sender="worker@test")
     installed = runtime.current_runtime()
     assert installed is not None
+    assert prepared == [settings]
 
     signals.worker_process_shutdown.send(sender="worker@test", pid=installed.pid, exitcode=0)
 
