@@ -20,7 +20,7 @@ import asyncio
 import logging
 import os
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from celery import signals
@@ -73,10 +73,14 @@ class ProcessRuntime:
         """Build the context and open a database and an S3 connection now, while the process
         starts, so that its first job does not pay for them (~0.7 s of CPU on a busy machine).
         Best effort: a service that is down now is the first job's problem, as it would be."""
-        try:
-            self.run(asyncio.wait_for(self._warm(settings), timeout=PREPARE_TIMEOUT_SECONDS))
-        except Exception as error:
-            logger.warning("worker process started cold: %s: %s", type(error).__name__, error)
+
+        def warm() -> None:
+            try:
+                self.run(asyncio.wait_for(self._warm(settings), timeout=PREPARE_TIMEOUT_SECONDS))
+            except Exception as error:
+                logger.warning("worker process started cold: %s: %s", type(error).__name__, error)
+
+        _outside_any_loop(warm)
 
     async def _warm(self, settings: Settings) -> None:
         context = await self.context(settings)
@@ -101,17 +105,8 @@ class ProcessRuntime:
             await close()
 
     def close(self) -> None:
-        """Close the context and the loop. Callable from anywhere, even from inside another
-        running loop (a worker started and stopped by async code): then from a thread of its own.
-        """
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            self._close()
-            return
-        closer = threading.Thread(target=self._close, name="worker-runtime-close")
-        closer.start()
-        closer.join()
+        """Close the context and the loop."""
+        _outside_any_loop(self._close)
 
     def _close(self) -> None:
         with self._lock:
@@ -132,6 +127,20 @@ class ProcessRuntime:
         self._context = self._close_context = None
         if context is not None:
             context.session_factory.kw["bind"].sync_engine.dispose(close=False)
+
+
+def _outside_any_loop(function: Callable[[], None]) -> None:
+    """Call `function` here, or, when this thread already runs an event loop (a worker started
+    and stopped by async code, in tests), in a thread of its own: a thread runs one loop at a time.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        function()
+        return
+    thread = threading.Thread(target=function, name="worker-runtime")
+    thread.start()
+    thread.join()
 
 
 _runtime: ProcessRuntime | None = None
