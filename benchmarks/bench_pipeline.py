@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--services", default=os.environ.get("TEST_SERVICES") or None)
     parser.add_argument("--output", type=Path, default=REPORTS / "pipeline.json")
-    args = parser.parse_args(argv)
+    args, _ = parser.parse_known_args(argv)  # `nox -s bench -- ...` hands every script its options
 
     hosts = (os.environ.get("COMFYUI_URLS") or os.environ.get("COMFYUI_URL") or "").replace(
         ",", " "
