@@ -49,6 +49,7 @@ class ProcessRuntime:
         self._lock = threading.Lock()
         self._context: WorkerContext | None = None
         self._close_context: Any = None
+        self.preparing: threading.Thread | None = None
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         with self._lock:
@@ -81,6 +82,15 @@ class ProcessRuntime:
                 logger.warning("worker process started cold: %s: %s", type(error).__name__, error)
 
         _outside_any_loop(warm)
+
+    def prepare_in_background(self, settings: Settings) -> None:
+        """`prepare` on a thread of its own: a prefork child has only a few seconds (Celery's
+        `worker_proc_alive_timeout`) to report itself up. A task that comes sooner waits for the
+        warm-up to end (`run` holds the same lock)."""
+        self.preparing = threading.Thread(
+            target=self.prepare, args=(settings,), name="worker-runtime-prepare", daemon=True
+        )
+        self.preparing.start()
 
     async def _warm(self, settings: Settings) -> None:
         context = await self.context(settings)
@@ -182,7 +192,7 @@ def uninstall() -> None:
 
 @signals.worker_process_init.connect
 def _on_process_init(**_: Any) -> None:
-    install().prepare(get_settings())
+    install().prepare_in_background(get_settings())
 
 
 @signals.worker_process_shutdown.connect

@@ -200,6 +200,8 @@ def test_celery_process_signals_install_and_close_the_runtime(
     signals.worker_process_init.send(sender="worker@test")
     installed = runtime.current_runtime()
     assert installed is not None
+    assert installed.preparing is not None
+    installed.preparing.join()
     assert prepared == [settings]
 
     signals.worker_process_shutdown.send(sender="worker@test", pid=installed.pid, exitcode=0)
