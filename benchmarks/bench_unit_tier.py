@@ -2,8 +2,8 @@
 
     python benchmarks/bench_unit_tier.py
 
-Prints the figures and writes reports/bench/unit_tier.json. The target is 10 s of pytest wall time
-on a 2-core machine; on a shared machine the CPU time says more than the wall time.
+Prints the figures, writes reports/bench/unit_tier.json, and exits 1 past the target: 10 s of
+pytest wall time on a 2-core machine (on a shared machine the CPU time says more).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REPORTS = REPO_ROOT / "reports" / "bench"
+TARGET_SECONDS = 10.0  # issue 10, on 2 cores
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(figures, indent=2))
     print(f"written to {args.output}")
+    if figures["pytest_seconds"] is not None and figures["pytest_seconds"] > TARGET_SECONDS:
+        print(f"missed: {figures['pytest_seconds']} s of pytest > {TARGET_SECONDS} s")
+        return 1
     return 0 if result.returncode == 0 else 1
 
 
