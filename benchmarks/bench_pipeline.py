@@ -15,7 +15,8 @@ API, Celery worker, ComfyUI stand-ins), then measures, in one run and side by si
 
 With COMFYUI_URLS (or COMFYUI_URL) set, the same runs go to those real hosts instead of stand-ins
 (the slow-node runs then use the hosts as they are). Prints a table, writes
-reports/bench/pipeline.json, and exits 1 when a target (issue 10) is missed. Timings are only comparable within one run on one machine.
+reports/bench/pipeline.json, and exits 1 when a target (issue 10) is missed. Timings are only
+comparable within one run on one machine.
 """
 
 from __future__ import annotations
