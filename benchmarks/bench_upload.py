@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrent", type=int, default=4)
     parser.add_argument("--uploads", type=int, default=100)
     parser.add_argument("--services", default=os.environ.get("TEST_SERVICES", "native"))
-    args = parser.parse_args(argv)
+    args, _ = parser.parse_known_args(argv)  # nox -s bench hands every script all options
 
     data = photo_of_about(int(args.size_mib * MiB))
     with Image.open(io.BytesIO(data)) as image:
