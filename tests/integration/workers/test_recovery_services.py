@@ -14,7 +14,9 @@ import pytest
 
 from app.core.config import Settings
 from app.core.db import create_engine, create_session_factory
+from app.services.comfyui import ComfyUIClient, attempt_prompt_id
 from app.workers.recovery import reap_once
+from app.workflows import build_workflow
 from fixtures import images
 from fixtures.accounts import Account
 from fixtures.services import WorkerServices
@@ -23,6 +25,7 @@ from tests.integration.helpers import (
     StandIn,
     StatusLog,
     logged,
+    object_keys,
     queued_messages,
     s3_client,
     wait_until,
@@ -167,3 +170,72 @@ async def test_a_worker_faster_than_the_commit_waits_for_the_job(
     row = await jobs_table.wait_until_finished(job_id)
     assert row["status"] == "COMPLETED", row["error_message"]
     assert status_log.statuses(job_id) == ["PENDING", "PROCESSING", "COMPLETED"]
+
+
+async def test_a_job_whose_websocket_goes_silent_completes_from_the_history(
+    celery_worker: object,
+    standin: StandIn,
+    client: httpx.AsyncClient,
+    alice: Account,
+    jobs_table: JobsTable,
+    settings: Settings,
+) -> None:
+    """The stand-in keeps the socket open and sends nothing after two messages of the run: the
+    worker reads /history after COMFYUI_WS_SILENCE_SECONDS instead of waiting for the job timeout."""
+    standin.fault("silent_websocket", after=2, count=1)
+
+    job_id = await upload(client, alice)
+    # Well inside the job timeout (COMFYUI_JOB_TIMEOUT_SECONDS), which would otherwise end it.
+    row = await jobs_table.wait_until_finished(
+        job_id, timeout=settings.comfyui_job_timeout_seconds / 2
+    )
+
+    assert (row["status"], row["attempts"]) == ("COMPLETED", 1), row["error_message"]
+
+
+async def test_the_prompt_of_a_dead_attempt_is_interrupted_and_the_job_has_one_result(
+    request: pytest.FixtureRequest,
+    standin: StandIn,
+    client: httpx.AsyncClient,
+    alice: Account,
+    jobs_table: JobsTable,
+    settings: Settings,
+    clean_services: WorkerServices,
+) -> None:
+    """Attempt 1's worker died with its prompt still running on ComfyUI (it hangs there): attempt
+    2 interrupts it by its known id, runs its own, and stores exactly one result."""
+    job_id = await upload(client, alice)
+    row = jobs_table.one(job_id)
+    standin.fault("hang", node="SaveImage", count=1)
+    dead = attempt_prompt_id(uuid.UUID(job_id), 1)
+    async with ComfyUIClient(settings.comfyui_url) as comfy:
+        uploaded = await comfy.upload_image(
+            images.make_image("PNG", (24, 16)), "input.png", f"jobs/{job_id}"
+        )
+        graph = build_workflow(
+            settings.comfyui_workflow,
+            image=uploaded.load_image_value,
+            output_prefix=f"restored/{job_id}/a1",
+            scale=settings.comfyui_scale,
+            upscale_model=settings.comfyui_upscale_model,
+        )
+        await comfy.submit(graph, "dead-worker", prompt_id=dead)
+    await wait_until(lambda: dead in standin.queued_ids(), what="the dead attempt's prompt")
+    with psycopg.connect(clean_services.database_dsn, autocommit=True) as connection:
+        connection.execute(
+            "UPDATE restoration_jobs SET status = 'PROCESSING', attempts = 1, "
+            "heartbeat_at = now() - interval '1 hour' WHERE id = %s",
+            [job_id],
+        )
+    purge_queue(settings)
+
+    request.getfixturevalue("celery_worker")
+    done = await jobs_table.wait_until_finished(job_id)
+
+    assert (done["status"], done["attempts"]) == ("COMPLETED", 2), done["error_message"]
+    assert done["comfyui_prompt_id"] == attempt_prompt_id(uuid.UUID(job_id), 2)
+    dead_entry = standin.history(dead)
+    assert dead_entry["status"]["status_str"] == "error"  # interrupted, not finished
+    assert [kind for kind, _ in dead_entry["status"]["messages"]][-1] == "execution_interrupted"
+    results = [key for key in object_keys(settings) if key.startswith("results/")]
+    assert results == [row["original_key"].replace("originals/", "results/")[:-4] + ".png"]
