@@ -17,7 +17,7 @@ def add_worker_steps(celery: Celery) -> None:
     """What a worker runs beside its tasks: the recovery queue and the reaper."""
     from app.workers.recovery import RecoveryStep  # the API builds apps too, and never runs it
 
-    celery.steps["worker"].add(RecoveryStep)
+    celery.steps["consumer"].add(RecoveryStep)
 
 
 def configure(celery: Celery, settings: Settings) -> None:

@@ -1,10 +1,11 @@
 """Recovery of stranded jobs, run inside every Celery worker: no job waits on luck or on the
 broker's visibility timeout.
 
-A thread of the worker's main process sweeps the database every `REAPER_INTERVAL_SECONDS` and sends
-a new message for each job that no message may be left for (see `RestorationJobRepository.reap`):
-a PROCESSING job whose lease expired (its worker died), one released for a retry whose message
-never came back, a PENDING job older than `REAPER_PENDING_AFTER_SECONDS`. The sweep locks rows with
+Every `REAPER_INTERVAL_SECONDS` each worker's timer asks for a sweep (a `restoration.reap` task).
+The sweep sends a new message for each job that no message may be left for (see
+`RestorationJobRepository.reap`): a PROCESSING job whose lease expired (its worker died), one
+released for a retry whose message never came back, a PENDING job older than
+`REAPER_PENDING_AFTER_SECONDS`. The sweep locks rows with
 `SKIP LOCKED`, so workers sweep side by side without sending the same job twice. A job gets a
 second message at worst; the claim's compare-and-set lets only one of them run it.
 
@@ -13,10 +14,7 @@ does not wait behind a backlog of new ones. A job of a crashed worker runs again
 plus one sweep: less than 2 x `TASK_LEASE_SECONDS` while the interval is below the lease.
 """
 
-import asyncio
 import logging
-import threading
-import time
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -30,6 +28,8 @@ from app.core.db import create_engine, create_session_factory, session_scope
 from app.models.base import utcnow
 from app.repositories.restoration import RestorationJobRepository
 from app.workers.queue import RESTORE_TASK
+
+REAP_TASK = "restoration.reap"
 
 logger = logging.getLogger(__name__)
 
@@ -79,59 +79,52 @@ def celery_sender(celery: Celery, settings: Settings) -> Send:
     return send
 
 
-class Reaper:
-    """The sweep on a timer, in a thread of its own with its own event loop and engine."""
-
-    def __init__(self, settings: Settings, send: Send) -> None:
-        self.settings = settings
-        self.send = send
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="restoration-reaper", daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self.stopping.set()
-        if self.thread.is_alive():
-            self.thread.join(timeout)
-
-    def _run(self) -> None:
-        asyncio.run(self._loop())
-
-    async def _pause(self, seconds: float) -> None:
-        """Sleep, waking early (within 0.2 s) when the worker stops."""
-        deadline = time.monotonic() + seconds
-        # `stopping` is a threading.Event, set from the worker's thread: poll it.
-        while not self.stopping.is_set():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            await asyncio.sleep(min(left, 0.2))
-
-    async def _loop(self) -> None:
-        engine = create_engine(self.settings, pooled=False)
-        factory = create_session_factory(engine)
-        try:
-            while not self.stopping.is_set():
-                try:
-                    await reap_once(self.settings, factory, self.send)
-                except Exception as error:  # the database or broker is away: next sweep
-                    logger.warning("reaper sweep failed: %s: %s", type(error).__name__, error)
-                await self._pause(self.settings.reaper_interval_seconds)
-        finally:
-            await engine.dispose()
-
-
 class RecoveryStep(bootsteps.StartStopStep):
-    """Worker bootstep: consume the recovery queue too, and run the reaper while the worker runs."""
+    """Consumer bootstep: consume the recovery queue too, and ask for a sweep on a timer.
 
-    def __init__(self, worker: Any, **kwargs: Any) -> None:
-        super().__init__(worker, **kwargs)
-        # Queues are chosen before the steps are built and read when the consumer starts (last).
-        worker.app.amqp.queues.select_add(recovery_queue(get_settings()))
+    The timer (the worker's own, on its main loop) only sends a `restoration.reap` message to the
+    recovery queue; a pool process runs the sweep. No thread lives in the process that forks the
+    pool (a fork taken while a thread holds a lock leaves the child hung), and a message that waited
+    longer than one interval expires unrun, so sweeps never pile up behind busy workers.
+    """
 
-    def create(self, worker: Any) -> Reaper:  # type: ignore[override]  # stubs say None
-        """The step's `obj`: Celery starts, stops and terminates it with the worker."""
-        settings = get_settings()
-        return Reaper(settings, celery_sender(worker.app, settings))
+    def __init__(self, consumer: Any, **kwargs: Any) -> None:
+        super().__init__(consumer, **kwargs)
+        self.settings = get_settings()
+        self.timer_entry: Any = None
+        # Queues are chosen before the consumer is built and read when its task consumer starts.
+        consumer.app.amqp.queues.select_add(recovery_queue(self.settings))
+
+    def start(self, consumer: Any) -> None:
+        self.timer_entry = consumer.timer.call_repeatedly(
+            self.settings.reaper_interval_seconds, request_sweep, (consumer.app, self.settings)
+        )
+
+    def stop(self, consumer: Any) -> None:
+        if self.timer_entry is not None:
+            self.timer_entry.cancel()
+            self.timer_entry = None
+
+    shutdown = stop
+
+
+def request_sweep(celery: Celery, settings: Settings) -> None:
+    """Send one sweep request; a broker that does not answer only costs this sweep."""
+    try:
+        celery.send_task(
+            REAP_TASK,
+            queue=recovery_queue(settings),
+            expires=settings.reaper_interval_seconds,
+            retry=False,
+        )
+    except Exception as error:  # the broker is away: the next tick tries again
+        logger.warning("could not request a sweep: %s: %s", type(error).__name__, error)
+
+
+async def sweep(settings: Settings, send: Send) -> list[uuid.UUID]:
+    """One sweep with an engine of its own (the task runs it in a fresh event loop)."""
+    engine = create_engine(settings, pooled=False)
+    try:
+        return await reap_once(settings, create_session_factory(engine), send)
+    finally:
+        await engine.dispose()

@@ -14,7 +14,13 @@ from app.models import JobStatus, RestorationJob
 from app.models.base import utcnow
 from app.repositories.restoration import RestorationJobRepository
 from app.workers.celery_app import create_celery_app
-from app.workers.recovery import RecoveryStep, reap_once, recovery_queue
+from app.workers.recovery import (
+    REAP_TASK,
+    RecoveryStep,
+    reap_once,
+    recovery_queue,
+    request_sweep,
+)
 from fixtures.jobs import new_job
 from tests.unit.conftest import Account
 
@@ -104,23 +110,65 @@ async def test_a_failed_send_leaves_the_job_to_the_next_sweep(
     assert await reap_once(sweep_settings, session_factory, sent.append) == [job_id]
 
 
-def test_the_worker_consumes_the_recovery_queue_and_runs_the_reaper(settings: Settings) -> None:
-    """The worker's app carries the step; a worker started with `--queues X` consumes X.recovery."""
+def test_the_worker_consumes_the_recovery_queue_and_asks_for_sweeps(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's app carries the step; a worker started with `--queues X` consumes X.recovery,
+    and its timer sends a sweep request there that expires after one interval."""
     from app.workers import celery_app as module
 
     celery = create_celery_app(settings)
     module.add_worker_steps(celery)
-    assert RecoveryStep in celery.steps["worker"]
+    assert RecoveryStep in celery.steps["consumer"]
     assert recovery_queue(settings) == f"{settings.celery_queue}.recovery"
 
-    class FakeWorker:
-        app = celery
+    scheduled: list[tuple[float, Any, tuple[Any, ...]]] = []
 
+    class FakeTimer:
+        def call_repeatedly(self, interval: float, function: Any, args: tuple[Any, ...]) -> Any:
+            scheduled.append((interval, function, args))
+            return type("Entry", (), {"cancel": lambda self: None})()
+
+    class FakeConsumer:
+        app = celery
+        timer = FakeTimer()
+
+    monkeypatch.setattr("app.workers.recovery.get_settings", lambda: settings)
     celery.amqp.queues.select([settings.celery_queue])
-    step = RecoveryStep(FakeWorker())
+    step = RecoveryStep(FakeConsumer())
     assert set(celery.amqp.queues.consume_from) == {
         settings.celery_queue,
         recovery_queue(settings),
     }
-    reaper = step.create(FakeWorker())
-    assert not reaper.thread.is_alive()
+
+    step.start(FakeConsumer())
+    [(interval, function, args)] = scheduled
+    assert interval == settings.reaper_interval_seconds
+    sent: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+    monkeypatch.setattr(celery, "send_task", lambda *a, **k: sent.append((a, k)))
+    function(*args)
+    assert sent == [
+        (
+            (REAP_TASK,),
+            {
+                "queue": recovery_queue(settings),
+                "expires": settings.reaper_interval_seconds,
+                "retry": False,
+            },
+        )
+    ]
+    step.stop(FakeConsumer())
+    assert step.timer_entry is None
+
+
+def test_a_sweep_request_the_broker_refuses_is_only_logged(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    celery = create_celery_app(settings)
+
+    def refused(*_: Any, **__: Any) -> None:
+        raise ConnectionRefusedError("broker down")
+
+    celery.send_task = refused  # type: ignore[method-assign]
+    request_sweep(celery, settings)
+    assert "could not request a sweep: ConnectionRefusedError: broker down" in caplog.text

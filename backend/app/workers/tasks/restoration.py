@@ -33,9 +33,11 @@ from app.models.base import utcnow
 from app.repositories.restoration import RestorationJobRepository
 from app.services import s3
 from app.services.comfyui import ComfyUIError, ExecutionCancelled
+from app.workers import recovery
 from app.workers.celery_app import celery_app
 from app.workers.context import ContextFactory, WorkerContext, worker_context
 from app.workers.queue import RESTORE_TASK
+from app.workers.recovery import REAP_TASK
 
 logger = logging.getLogger(__name__)
 
@@ -344,3 +346,10 @@ def restore_image(
             "job %s: still not found after %.0f s; dropping the message", job_id, now - since
         )
     return outcome.result.value
+
+
+@celery_app.task(name=REAP_TASK, ignore_result=True)
+def reap_stranded_jobs() -> int:
+    """One sweep of `app.workers.recovery`, asked for by every worker's timer."""
+    settings = get_settings()
+    return len(asyncio.run(recovery.sweep(settings, recovery.celery_sender(celery_app, settings))))
