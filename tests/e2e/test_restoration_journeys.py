@@ -153,9 +153,9 @@ def test_comfyui_down_then_back_the_job_completes_after_retries(
     stack.standin.stop()
     try:
         job_id = client.upload(alice, photo.png).json()["id"]
-        # The worker tries, fails to reach ComfyUI, and says it will retry.
+        # The worker tries, fails to reach ComfyUI, and says it waits for it.
         deadline = time.monotonic() + 30
-        while "Retrying" not in (client.job(alice, job_id)["error_message"] or ""):
+        while "waiting for ComfyUI: " not in (client.job(alice, job_id)["error_message"] or ""):
             assert time.monotonic() < deadline, client.job(alice, job_id)
             time.sleep(0.2)
         assert client.job(alice, job_id)["status"] == "PROCESSING"

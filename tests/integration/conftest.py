@@ -33,14 +33,16 @@ from tests.integration.helpers import (
 
 # Quick retries and leases, so failure paths finish in seconds.
 FAST_WORKER_SETTINGS = {
-    "TASK_MAX_RETRIES": "2",
+    "TASK_RETRY_BUDGET_SECONDS": "3",
     "TASK_RETRY_BACKOFF_SECONDS": "0.2",
     "TASK_RETRY_BACKOFF_MAX_SECONDS": "0.5",
     "TASK_HEARTBEAT_SECONDS": "0.2",
     "TASK_LEASE_SECONDS": "5",
+    "REAPER_INTERVAL_SECONDS": "0.5",
     "COMFYUI_JOB_TIMEOUT_SECONDS": "20",
     "COMFYUI_REQUEST_TIMEOUT_SECONDS": "5",
     "COMFYUI_POLL_INTERVAL_SECONDS": "0.2",
+    "COMFYUI_WS_SILENCE_SECONDS": "0.5",
 }
 
 

@@ -70,7 +70,11 @@ async def build_resources(settings: Settings) -> Resources:
         settings=settings,
         session_factory=create_session_factory(engine),
         storage=S3Storage(settings),
-        task_queue=CeleryTaskQueue(create_celery_app(settings), queue=settings.celery_queue),
+        task_queue=CeleryTaskQueue(
+            create_celery_app(settings),
+            queue=settings.celery_queue,
+            timeout=settings.broker_enqueue_timeout_seconds,
+        ),
         broker=broker,
         comfyui=comfyui,
         closers=(broker.aclose, comfyui.aclose, engine.dispose),

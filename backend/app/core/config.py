@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     celery_queue: str = "restoration"
     broker_connect_timeout_seconds: float = 3.0
+    # The longest the API waits for the broker to take a task before it answers 503.
+    broker_enqueue_timeout_seconds: float = Field(default=5.0, gt=0)
 
     # --- S3
     s3_endpoint_url: str | None = None
@@ -54,6 +56,9 @@ class Settings(BaseSettings):
     s3_connect_timeout_seconds: float = 3.0
     s3_read_timeout_seconds: float = 30.0
     s3_max_attempts: int = 3
+    # The longest one S3 operation may take, botocore's own retries included: past it the
+    # operation fails as transient (503 at the API, a retry in the worker).
+    s3_operation_timeout_seconds: float = Field(default=10.0, gt=0)
 
     # --- ComfyUI
     comfyui_url: str = "http://127.0.0.1:8188"
@@ -69,14 +74,27 @@ class Settings(BaseSettings):
     comfyui_poll_interval_seconds: float = 1.0
     # How often a worker checks a host's version and models to know its cached node specs hold.
     comfyui_spec_recheck_seconds: float = Field(default=30.0, ge=0)
+    # While following a prompt, check /history when the websocket has been silent this long.
+    comfyui_ws_silence_seconds: float = Field(default=5.0, gt=0)
 
     # --- Worker
-    task_max_retries: int = 5
+    # Transient failures (ComfyUI, S3, the database) are retried until this much time has passed
+    # since the first of them: long enough for a ComfyUI restart with its model loading.
+    task_retry_budget_seconds: float = Field(default=600.0, ge=0)
     task_retry_backoff_seconds: float = 2.0
-    task_retry_backoff_max_seconds: float = 120.0
+    task_retry_backoff_max_seconds: float = 30.0
     task_heartbeat_seconds: float = 2.0
     # A PROCESSING job whose heartbeat is older than this may be claimed again (its worker died).
-    task_lease_seconds: float = 60.0
+    # Several heartbeats fit in it, so a database blip does not cost a live worker its job.
+    task_lease_seconds: float = Field(default=20.0, gt=0)
+    # A task whose job is not (yet) in the database retries this long: the API commits the job
+    # before it enqueues, but a message can still outrun a commit seen through another connection.
+    task_missing_job_grace_seconds: float = Field(default=30.0, ge=0)
+
+    # --- Recovery (app.workers.recovery): each worker re-enqueues stranded jobs.
+    reaper_interval_seconds: float = Field(default=5.0, gt=0)
+    # A PENDING job this old is sent again (its message may have been lost).
+    reaper_pending_after_seconds: float = Field(default=120.0, gt=0)
 
     # Derived from the ComfyUI timeout when unset (see `_derive_limits`).
     task_soft_time_limit_seconds: float | None = None

@@ -186,6 +186,57 @@ class RestorationJobRepository:
             heartbeat_at=None,
         )
 
+    # --- recovery
+
+    async def reap(
+        self,
+        *,
+        lease_expired_before: datetime,
+        released_before: datetime,
+        pending_before: datetime,
+        limit: int = 100,
+    ) -> list[uuid.UUID]:
+        """Ids of jobs no message may be left for, marked so the next sweep leaves them a while.
+
+        PROCESSING jobs whose lease expired (their worker died), PROCESSING jobs released for a
+        retry whose message has not come back, and PENDING jobs waiting longer than expected.
+        `FOR UPDATE SKIP LOCKED`: reapers on several workers never pick the same row at once, and
+        the row stays locked until the caller commits, after it sent the messages. Marking bumps
+        `updated_at` and drops the lease, so each job comes back only once `released_before`
+        (or `pending_before`) has passed again.
+        """
+        stranded = or_(
+            and_(
+                RestorationJob.status == JobStatus.PROCESSING,
+                RestorationJob.heartbeat_at < lease_expired_before,
+            ),
+            and_(
+                RestorationJob.status == JobStatus.PROCESSING,
+                RestorationJob.heartbeat_at.is_(None),
+                RestorationJob.updated_at < released_before,
+            ),
+            and_(
+                RestorationJob.status == JobStatus.PENDING,
+                RestorationJob.updated_at < pending_before,
+            ),
+        )
+        query = (
+            select(RestorationJob.id)
+            .where(stranded)
+            .order_by(RestorationJob.updated_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        ids = list((await self.session.execute(query)).scalars().all())
+        if ids:
+            await self.session.execute(
+                update(RestorationJob)
+                .where(RestorationJob.id.in_(ids))
+                .values(heartbeat_at=None, updated_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+        return ids
+
     # --- helpers
 
     @staticmethod

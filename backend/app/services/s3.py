@@ -155,6 +155,7 @@ class S3Storage:
     def __init__(self, settings: Settings, client: Any | None = None) -> None:
         self.bucket = settings.s3_bucket
         self._part_bytes = max(settings.s3_multipart_threshold_bytes, MIN_PART_BYTES)
+        self.operation_timeout = settings.s3_operation_timeout_seconds
         self.client = client or _client(settings, settings.s3_endpoint_url)
         # Presigned URLs carry the host in their signature: sign them for the public endpoint.
         public = settings.s3_public_endpoint_url
@@ -163,8 +164,20 @@ class S3Storage:
         )
 
     async def _call(self, operation: str, key: str | None, function: partial[T]) -> T:
+        """Run one boto3 call in a thread, within the operation timeout.
+
+        botocore's own timeouts apply per attempt and per socket read, so a frozen server costs
+        attempts x (connect + read) timeouts: minutes. Past `operation_timeout` the thread is
+        abandoned (it ends when botocore gives up) and the operation fails as transient.
+        """
         try:
-            return await anyio.to_thread.run_sync(function)
+            with anyio.fail_after(self.operation_timeout):
+                return await anyio.to_thread.run_sync(function, abandon_on_cancel=True)
+        except TimeoutError as error:
+            where = f"{operation} {key}" if key else operation
+            raise StorageTransientError(
+                f"S3 {where} failed: no answer within {self.operation_timeout:g} s"
+            ) from error
         except (BotoCoreError, ClientError) as error:
             raise classify(error, operation=operation, key=key) from error
 

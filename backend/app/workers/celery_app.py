@@ -13,6 +13,13 @@ def create_celery_app(settings: Settings) -> Celery:
     return celery
 
 
+def add_worker_steps(celery: Celery) -> None:
+    """What a worker runs beside its tasks: the recovery queue and the reaper."""
+    from app.workers.recovery import RecoveryStep  # the API builds apps too, and never runs it
+
+    celery.steps["consumer"].add(RecoveryStep)
+
+
 def configure(celery: Celery, settings: Settings) -> None:
     """Apply settings to a Celery app (also to the module's app, once settings are known)."""
     celery.conf.update(
@@ -47,7 +54,9 @@ def configure(celery: Celery, settings: Settings) -> None:
 
 @cache
 def _worker_app() -> Celery:
-    return create_celery_app(get_settings())
+    celery = create_celery_app(get_settings())
+    add_worker_steps(celery)
+    return celery
 
 
 def __getattr__(name: str) -> Celery:

@@ -7,6 +7,7 @@ import uuid
 from functools import partial
 from typing import Protocol
 
+import anyio
 import anyio.to_thread
 from celery import Celery
 from kombu.exceptions import KombuError, OperationalError
@@ -23,9 +24,13 @@ class TaskQueue(Protocol):
 
 
 class CeleryTaskQueue:
-    def __init__(self, celery: Celery, *, queue: str, max_retries: int = 1) -> None:
+    def __init__(
+        self, celery: Celery, *, queue: str, max_retries: int = 1, timeout: float = 5.0
+    ) -> None:
         self.celery = celery
         self.queue = queue
+        # The longest the client waits for the broker, whatever kombu's retries and sockets do.
+        self.timeout = timeout
         # Fail fast when the broker is down: the client is waiting for its answer.
         self.retry_policy = {
             "max_retries": max_retries,
@@ -46,6 +51,12 @@ class CeleryTaskQueue:
             retry_policy=self.retry_policy,
         )
         try:
-            await anyio.to_thread.run_sync(send)
+            with anyio.fail_after(self.timeout):
+                # Abandoned past the deadline: the thread ends when kombu gives up.
+                await anyio.to_thread.run_sync(send, abandon_on_cancel=True)
+        except TimeoutError as error:
+            raise QueueError(
+                f"The broker did not accept the task: no answer within {self.timeout:g} s"
+            ) from error
         except (KombuError, OperationalError, OSError) as error:
             raise QueueError(f"The broker did not accept the task: {error}") from error

@@ -156,6 +156,35 @@ async def test_storage_failure_at_upload_answers_503_and_leaves_no_job(
         assert jobs_table.count() == 1
 
 
+async def test_paused_storage_at_upload_answers_503_within_the_operation_timeout(
+    settings: Settings,
+    alice: Account,
+    api_client: ApiClient,
+    tcp_proxy: StartProxy,
+    jobs_table: JobsTable,
+) -> None:
+    """S3 accepts the connection and never answers (a frozen server): botocore alone would wait
+    its read timeout on each of its attempts (about two minutes); S3_OPERATION_TIMEOUT_SECONDS
+    bounds the whole operation."""
+    assert settings.s3_endpoint_url is not None
+    proxy = tcp_proxy(*endpoint_of(settings.s3_endpoint_url))
+    app_settings = settings.model_copy(
+        update={"s3_endpoint_url": s3_endpoint_via(proxy.port), "s3_operation_timeout_seconds": 2}
+    )
+    async with api_client(app_settings) as client:
+        proxy.blackhole()
+        response, elapsed = await timed(
+            client.post(URL, files=upload(), headers=alice.headers), "storage paused at upload"
+        )
+        proxy.restore()
+
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "storage_unavailable"
+    assert elapsed < QUICK_SECONDS
+    assert jobs_table.count() == 0
+    assert queued_messages(settings) == []
+
+
 async def test_storage_failure_while_deleting_keeps_the_job(
     settings: Settings,
     alice: Account,

@@ -200,7 +200,7 @@ async def test_a_duplicate_message_does_not_run_a_finished_job_again(
     assert done["status"] == "COMPLETED"
 
     celery_app.send_task("restoration.restore_image", args=[job_id], queue=settings.celery_queue)
-    await wait_until(logged(caplog, "is not claimable"), what="the duplicate being skipped")
+    await wait_until(logged(caplog, "nothing to do"), what="the duplicate being skipped")
 
     again = jobs_table.one(job_id)
     assert again["status"] == "COMPLETED"

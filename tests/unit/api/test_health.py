@@ -107,3 +107,55 @@ async def test_a_hanging_dependency_times_out_instead_of_hanging(
 
     assert response.status_code == 503
     assert "no answer within" in response.json()["checks"]["broker"]["detail"]
+
+
+async def test_readiness_answers_while_checks_that_ignore_cancellation_still_run(
+    client: httpx.AsyncClient, storage, resources, broker, monkeypatch
+) -> None:
+    """A frozen S3 blocks a boto3 thread; psycopg, cancelled on a frozen Postgres, first tries to
+    cancel the query on the server (up to 10 s) before it lets go. The answer must wait for
+    neither: it comes while they are still stuck, naming each late check."""
+    import asyncio
+    import threading
+
+    import anyio
+    import anyio.to_thread
+
+    from app.api import health
+
+    monkeypatch.setattr(health, "CHECK_TIMEOUT_SECONDS", 0.1)
+    frozen = threading.Event()
+    database_let_go = threading.Event()
+
+    async def blocked_in_a_thread() -> None:
+        await anyio.to_thread.run_sync(frozen.wait, 5)
+
+    class FrozenSession:
+        async def __aenter__(self):
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                await blocked_in_a_thread()  # psycopg's cancel request to the frozen server
+                database_let_go.set()
+                raise
+
+        async def __aexit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(storage, "check", blocked_in_a_thread)
+    monkeypatch.setattr(broker, "ping", blocked_in_a_thread)
+    monkeypatch.setattr(resources, "session_factory", lambda: FrozenSession())
+    try:
+        with anyio.fail_after(10):  # a hang fails instead of stalling the run
+            response = await client.get("/readyz")
+        answered_first = not database_let_go.is_set() and not frozen.is_set()
+    finally:
+        frozen.set()
+
+    assert answered_first
+    assert response.status_code == 503
+    checks = response.json()["checks"]
+    assert checks == {
+        name: {"ok": False, "detail": "no answer within 0.1 s"}
+        for name in ("database", "broker", "storage")
+    }

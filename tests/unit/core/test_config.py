@@ -29,7 +29,12 @@ def test_defaults(clean_env: pytest.MonkeyPatch) -> None:
     assert settings.redis_url == "redis://127.0.0.1:6379/0"
     assert settings.comfyui_workflow is WorkflowName.CORE
     assert settings.s3_secret_access_key is None
-    assert settings.task_max_retries == 5
+    # Recovery: a crashed worker's job runs again within 2 x lease (reaper interval < lease).
+    assert settings.task_lease_seconds == 20
+    assert settings.task_heartbeat_seconds < settings.task_lease_seconds / 3
+    assert settings.reaper_interval_seconds < settings.task_lease_seconds
+    assert settings.task_retry_budget_seconds == 600
+    assert settings.task_retry_backoff_max_seconds == 30
     # Derived from the ComfyUI job timeout (600 s).
     assert settings.task_soft_time_limit_seconds == 660
     assert settings.task_time_limit_seconds == 690
@@ -77,7 +82,9 @@ def test_dot_env_file_is_read_and_the_environment_wins(clean_env: pytest.MonkeyP
         ("COMFYUI_SCALE", "0"),
         ("COMFYUI_SCALE", "8.5"),
         ("COMFYUI_WORKFLOW", "restore_everything"),
-        ("TASK_MAX_RETRIES", "many"),
+        ("TASK_RETRY_BUDGET_SECONDS", "many"),
+        ("TASK_LEASE_SECONDS", "0"),
+        ("REAPER_INTERVAL_SECONDS", "0"),
     ],
 )
 def test_invalid_values_are_refused(clean_env: pytest.MonkeyPatch, name: str, value: str) -> None:

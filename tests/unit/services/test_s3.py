@@ -4,6 +4,7 @@ import io
 import uuid
 from urllib.parse import parse_qs, urlsplit
 
+import anyio
 import pytest
 from botocore.exceptions import (
     ClientError,
@@ -192,3 +193,32 @@ async def test_failed_batch_delete_is_reported(storage: S3Storage, monkeypatch) 
 
     with pytest.raises(s3.StoragePermanentError, match="AccessDenied"):
         await storage.delete("k")
+
+
+async def test_an_operation_past_its_timeout_is_transient(
+    settings: Settings, moto_s3_client
+) -> None:
+    """A frozen S3 leaves boto3 waiting in its thread for minutes; the caller waits only so long."""
+    import threading
+
+    settings.s3_operation_timeout_seconds = 0.1
+    storage = S3Storage(settings, client=moto_s3_client)
+    frozen = threading.Event()
+
+    def stuck(**_: object) -> None:
+        frozen.wait(5)  # bounded, so that without the timeout the test fails, not hangs
+
+    moto_s3_client.meta.events.register_first("before-call.s3.HeadBucket", stuck)
+    try:
+        with (
+            anyio.fail_after(10),
+            pytest.raises(
+                s3.StorageTransientError, match=r"head_bucket failed: no answer within 0\.1 s"
+            ),
+        ):
+            await storage.check()
+        still_blocked = not frozen.is_set()
+    finally:
+        frozen.set()
+        moto_s3_client.meta.events.unregister("before-call.s3.HeadBucket", stuck)
+    assert still_blocked

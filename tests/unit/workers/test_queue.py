@@ -5,6 +5,7 @@ import time
 import uuid
 from typing import Any
 
+import anyio
 import pytest
 from celery import Celery
 from kombu.exceptions import OperationalError
@@ -108,3 +109,21 @@ async def test_programming_errors_are_not_disguised_as_broker_errors(
 
     with pytest.raises(TypeError):
         await CeleryTaskQueue(celery, queue="restoration").enqueue_restoration(uuid.uuid4())
+
+
+async def test_a_broker_that_does_not_answer_is_a_queue_error_within_the_timeout(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A frozen Redis: the publish blocks in its thread; the client gets its answer regardless."""
+    celery = celery_for(settings, "memory://")
+    frozen = threading.Event()
+    monkeypatch.setattr(celery, "send_task", lambda *_, **__: frozen.wait(5))
+    try:
+        with anyio.fail_after(10), pytest.raises(QueueError, match=r"no answer within 0\.1 s"):
+            await CeleryTaskQueue(celery, queue="restoration", timeout=0.1).enqueue_restoration(
+                uuid.uuid4()
+            )
+        still_blocked = not frozen.is_set()
+    finally:
+        frozen.set()
+    assert still_blocked

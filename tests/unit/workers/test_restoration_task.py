@@ -141,9 +141,9 @@ def ctx(
     storage: s3.S3Storage,
     restorer: FakeRestorer,
 ) -> WorkerContext:
-    settings.task_max_retries = 2
+    settings.task_retry_budget_seconds = 600.0
     settings.task_retry_backoff_seconds = 2.0
-    settings.task_retry_backoff_max_seconds = 120.0
+    settings.task_retry_backoff_max_seconds = 30.0
     return WorkerContext(
         settings=settings,
         session_factory=SerializedSessions(session_factory),  # type: ignore[arg-type]
@@ -324,7 +324,11 @@ async def test_transient_comfyui_error_releases_the_lease_for_a_retry(
     assert (after.status, after.heartbeat_at, after.attempts) == (JobStatus.PROCESSING, None, 1)
     assert after.error_message == outcome.message
     assert after.error_message is not None
-    assert after.error_message.startswith(f"Attempt 1 failed: {error}. Retrying in ")
+    # Readable while it waits: what it waits for, why, and when it tries again.
+    assert after.error_message.startswith(
+        f"waiting for ComfyUI: {error} (attempt 1; trying again in "
+    )
+    assert outcome.retrying_since is not None
 
     # The retried message claims the released job and finishes it.
     assert await process_job(ctx, job.id, held_attempt=1) == Outcome(Result.COMPLETED, attempt=2)
@@ -359,27 +363,49 @@ async def test_transient_s3_error_releases_the_lease_for_a_retry(
     after = await load(ctx, job.id)
     assert (after.status, after.heartbeat_at) == (JobStatus.PROCESSING, None)
     assert after.error_message is not None
-    assert after.error_message.startswith("Attempt 1 failed: S3 ")
+    assert after.error_message.startswith("waiting for storage: S3 ")
     assert len(restorer.calls) == (0 if operation == "GetObject" else 1)
     assert keys(s3_client, "results/") == []
 
 
-async def test_gives_up_after_the_last_retry(
-    ctx: WorkerContext, job: RestorationJob, restorer: FakeRestorer
+async def test_retries_within_the_time_budget_then_gives_up(
+    ctx: WorkerContext,
+    job: RestorationJob,
+    restorer: FakeRestorer,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    retries = ctx.settings.task_max_retries
-    restorer.errors = [ComfyUIUnavailable("ComfyUI is unreachable")] * (retries + 1)
+    """The budget is time since the first transient failure, however many attempts fit in it."""
+    monkeypatch.setattr(task_module.random, "uniform", lambda low, high: high)
+    ctx.settings.task_retry_budget_seconds = 300.0
+    clock = [1_000_000.0]
+    monkeypatch.setattr(task_module.time, "time", lambda: clock[0])
+    restorer.errors = [ComfyUIUnavailable("ComfyUI is unreachable")] * 100
 
-    outcomes = [await process_job(ctx, job.id) for _ in range(retries + 1)]
+    outcomes = [await process_job(ctx, job.id)]
+    while outcomes[-1].result is Result.RETRY:
+        assert outcomes[-1].retrying_since == 1_000_000.0  # carried from the first failure
+        clock[0] += outcomes[-1].retry_in or 0.0
+        outcomes.append(
+            await process_job(
+                ctx, job.id, held_attempt=outcomes[-1].attempt, retrying_since=1_000_000.0
+            )
+        )
 
-    assert [outcome.result for outcome in outcomes] == [Result.RETRY] * retries + [Result.FAILED]
-    assert [outcome.attempt for outcome in outcomes] == list(range(1, retries + 2))
+    *retried, last = outcomes
+    # Backoff 2, 4, 8, 16, 30, 30, ... (capped): the retries' waits fit in the budget.
+    waits = [outcome.retry_in or 0.0 for outcome in retried]
+    assert waits[:6] == [2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert sum(waits) <= 300.0 < sum(waits) + 30.0
+    assert len(retried) > 5  # more than the old count of 5 retries
+    assert last.result is Result.FAILED
     failed = await load(ctx, job.id)
     assert failed.status is JobStatus.FAILED
-    assert failed.error_message == f"Gave up after {retries + 1} attempts: ComfyUI is unreachable"
-    assert (failed.attempts, failed.heartbeat_at) == (retries + 1, None)
+    assert failed.error_message == (
+        f"Gave up after {len(outcomes)} attempts in {sum(waits):.0f} s: ComfyUI is unreachable"
+    )
+    assert (failed.attempts, failed.heartbeat_at) == (len(outcomes), None)
     assert failed.finished_at is not None
-    assert outcomes[-1].message == failed.error_message
+    assert last.message == failed.error_message
     # Finished: a further message changes nothing.
     assert await process_job(ctx, job.id) == Outcome(Result.SKIPPED)
 
@@ -571,12 +597,20 @@ async def test_redelivered_message_for_a_finished_job_is_skipped(
     assert restorer.calls == []
 
 
-async def test_duplicate_message_while_a_live_worker_holds_the_job_is_skipped(
+async def test_message_for_a_job_held_by_a_live_lease_looks_again_after_the_lease(
     ctx: WorkerContext, alice: Account, restorer: FakeRestorer
 ) -> None:
-    job = await add_job(ctx, alice, status=JobStatus.PROCESSING, attempts=1, heartbeat_at=utcnow())
+    """A redelivery after a pool process died finds the dead attempt's lease still fresh: it must
+    not end there, or the job stays PROCESSING for good."""
+    ctx.settings.task_lease_seconds = 20
+    beat = utcnow() - timedelta(seconds=5)
+    job = await add_job(ctx, alice, status=JobStatus.PROCESSING, attempts=1, heartbeat_at=beat)
 
-    assert await process_job(ctx, job.id) == Outcome(Result.SKIPPED)
+    outcome = await process_job(ctx, job.id)
+
+    assert (outcome.result, outcome.attempt) == (Result.HELD, 1)
+    assert outcome.retry_in is not None
+    assert 15 <= outcome.retry_in <= 16 + 1  # the lease's remaining 15 s, plus a second
     assert restorer.calls == []
     assert (await load(ctx, job.id)).attempts == 1
 
@@ -591,8 +625,8 @@ async def test_job_of_a_dead_worker_is_taken_over(
     assert restorer.calls[0]["attempt"] == 2
 
 
-async def test_unknown_job_is_skipped(ctx: WorkerContext, restorer: FakeRestorer) -> None:
-    assert await process_job(ctx, uuid.uuid4()) == Outcome(Result.SKIPPED)
+async def test_unknown_job_is_reported_missing(ctx: WorkerContext, restorer: FakeRestorer) -> None:
+    assert await process_job(ctx, uuid.uuid4()) == Outcome(Result.MISSING)
     assert restorer.calls == []
 
 
@@ -665,7 +699,7 @@ def test_backoff_jitter_stays_within_bounds(settings: Settings) -> None:
 
 @pytest.fixture
 def task_settings(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    settings.task_max_retries = 2
+    settings.task_retry_budget_seconds = 600.0
     monkeypatch.setattr(task_module, "get_settings", lambda: settings)
     return settings
 
@@ -676,9 +710,17 @@ class ScriptedRunJob:
 
     script: list[Outcome | Exception] = field(default_factory=list)
     calls: list[tuple[uuid.UUID, int | None]] = field(default_factory=list)
+    since: list[float | None] = field(default_factory=list)
 
-    async def __call__(self, _: Settings, job_id: uuid.UUID, held_attempt: int | None) -> Outcome:
+    async def __call__(
+        self,
+        _: Settings,
+        job_id: uuid.UUID,
+        held_attempt: int | None,
+        retrying_since: float | None = None,
+    ) -> Outcome:
         self.calls.append((job_id, held_attempt))
+        self.since.append(retrying_since)
         step = self.script.pop(0)
         if isinstance(step, Exception):
             raise step
@@ -720,14 +762,68 @@ def test_task_retries_a_retry_outcome_with_its_countdown_and_attempt(
 ) -> None:
     job_id = uuid.uuid4()
     run_job.script.extend(
-        [Outcome(Result.RETRY, attempt=1, retry_in=3.25), Outcome(Result.COMPLETED, attempt=2)]
+        [
+            Outcome(Result.RETRY, attempt=1, retry_in=3.25, retrying_since=123.0),
+            Outcome(Result.COMPLETED, attempt=2),
+        ]
     )
 
     result = task_module.restore_image.apply(args=[str(job_id)])
 
     assert result.get() == "completed"
     assert run_job.calls == [(job_id, None), (job_id, 1)]
-    assert retries == [{"countdown": 3.25, "kwargs": {"held_attempt": 1}}]
+    assert run_job.since == [None, 123.0]
+    assert retries == [{"countdown": 3.25, "kwargs": {"held_attempt": 1, "retrying_since": 123.0}}]
+
+
+def test_task_looks_again_at_a_held_job_after_the_lease(
+    task_settings: Settings, run_job: ScriptedRunJob, retries: list[dict[str, Any]]
+) -> None:
+    job_id = uuid.uuid4()
+    run_job.script.extend(
+        [Outcome(Result.HELD, attempt=1, retry_in=12.5), Outcome(Result.COMPLETED, attempt=2)]
+    )
+
+    result = task_module.restore_image.apply(args=[str(job_id)])
+
+    assert result.get() == "completed"  # not "skipped" after the first look
+    assert run_job.calls == [(job_id, None), (job_id, None)]
+    assert retries == [{"countdown": 12.5, "kwargs": {"retrying_since": None}}]
+
+
+def test_task_waits_for_a_job_not_yet_committed_then_gives_up(
+    task_settings: Settings,
+    run_job: ScriptedRunJob,
+    retries: list[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The enqueue race: a message faster than the API's commit looks again during the grace."""
+    task_settings.task_missing_job_grace_seconds = 30.0
+    clock = [5000.0]
+
+    def ticking() -> float:
+        clock[0] += 4.0  # each look costs 4 s of the grace
+        return clock[0]
+
+    monkeypatch.setattr(task_module.time, "time", ticking)
+    run_job.script.extend([Outcome(Result.MISSING)] * 20)
+
+    result = task_module.restore_image.apply(args=[str(uuid.uuid4())])
+
+    assert result.get() == "missing"
+    # Looks at 5004, 5008, ... while under 30 s from the first: 8 retries, then it gives up.
+    assert len(retries) == 8
+    assert all(retry["kwargs"] == {"missing_since": 5004.0} for retry in retries)
+    assert [retry["countdown"] for retry in retries][:5] == [0.5, 1.0, 2.0, 4.0, 5.0]
+
+
+def test_task_runs_a_job_committed_during_the_grace(
+    task_settings: Settings, run_job: ScriptedRunJob, retries: list[dict[str, Any]]
+) -> None:
+    run_job.script.extend([Outcome(Result.MISSING), Outcome(Result.COMPLETED, attempt=1)])
+
+    assert task_module.restore_image.apply(args=[str(uuid.uuid4())]).get() == "completed"
+    assert len(retries) == 1
 
 
 @pytest.mark.parametrize("outcome", [Result.SKIPPED, Result.FAILED, Result.CANCELLED])
@@ -759,23 +855,37 @@ def test_task_retries_database_errors_holding_the_attempt(
     assert run_job.calls == [(job_id, None), (job_id, 4)]
     [retry] = retries
     assert retry["countdown"] == task_settings.task_retry_backoff_seconds  # first retry
-    assert retry["kwargs"] == {"held_attempt": 4}
+    assert retry["kwargs"]["held_attempt"] == 4
     assert isinstance(retry["exc"], task_module.JobDatabaseError)
 
 
-def test_task_gives_up_on_the_database_after_the_last_retry(
-    task_settings: Settings, run_job: ScriptedRunJob, retries: list[dict[str, Any]]
+def test_task_gives_up_on_the_database_when_the_budget_is_spent(
+    task_settings: Settings,
+    run_job: ScriptedRunJob,
+    retries: list[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    run_job.script.extend([db_error()] * (task_settings.task_max_retries + 1))
+    monkeypatch.setattr(task_module.random, "uniform", lambda low, high: high)
+    task_settings.task_retry_budget_seconds = 20.0
+    clock = [7000.0]
+
+    def ticking() -> float:
+        clock[0] += 5.0
+        return clock[0]
+
+    monkeypatch.setattr(task_module.time, "time", ticking)
+    run_job.script.extend([db_error()] * 10)
 
     result = task_module.restore_image.apply(args=[str(uuid.uuid4())])
 
     assert result.failed()
     assert isinstance(result.result, task_module.JobDatabaseError)
-    assert len(run_job.calls) == task_settings.task_max_retries + 1
-    assert len(retries) == task_settings.task_max_retries
-    # Each retry waits longer than the one before (exponential, with jitter below its ceiling).
-    assert [retry["kwargs"] for retry in retries] == [{"held_attempt": 4}] * len(retries)
+    # Looks at +0 (wait 2), +5 (4), +10 (8): +10 + 8 > 20 stops there.
+    assert [retry["countdown"] for retry in retries] == [2.0, 4.0]
+    assert len(run_job.calls) == 3
+    assert [retry["kwargs"] for retry in retries] == [
+        {"held_attempt": 4, "retrying_since": 7005.0}
+    ] * 2
 
 
 def test_task_called_directly_raises_instead_of_retrying(

@@ -30,7 +30,7 @@ from app.services.comfyui.models import (
     RestoredImage,
     UploadedImage,
 )
-from app.services.comfyui.service import ComfyUIService
+from app.services.comfyui.service import ComfyUIService, attempt_prompt_id
 from app.services.comfyui.validation import check_workflow
 
 __all__ = [
@@ -48,5 +48,6 @@ __all__ = [
     "RestoredImage",
     "UploadedImage",
     "WorkflowRejected",
+    "attempt_prompt_id",
     "check_workflow",
 ]

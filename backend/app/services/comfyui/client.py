@@ -71,6 +71,7 @@ class ComfyUIClient:
         request_timeout: float = 30.0,
         poll_interval: float = 1.0,
         spec_recheck_interval: float = 30.0,
+        ws_silence: float = 5.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
@@ -81,6 +82,8 @@ class ComfyUIClient:
         self._specs: dict[str, dict[str, Any]] = {}
         self._specs_host: tuple[str | None, tuple[str, ...] | None] | None = None
         self._specs_checked_at = time.monotonic()
+        # A socket silent this long while the prompt runs: ask /history whether it finished.
+        self.ws_silence = ws_silence
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             timeout=request_timeout,
@@ -368,6 +371,28 @@ class ComfyUIClient:
         """Drop prompts that are still waiting; running ones are untouched."""
         await self._request("POST", "/queue", json={"delete": list(prompt_ids)})
 
+    async def settle(self, prompt_ids: list[str]) -> PromptResult | None:
+        """Deal with the prompts of earlier attempts before a new one: stop those still queued or
+        running, and return the result of the latest one that finished well, if any.
+
+        Stopping first, so that one finishing meanwhile is found in the history after.
+        """
+        if not prompt_ids:
+            return None
+        queued = await self.queued_prompt_ids()
+        live = [prompt_id for prompt_id in prompt_ids if prompt_id in queued]
+        for prompt_id in live:
+            await self._stop(prompt_id, "a newer attempt of its job starts")
+        for prompt_id in reversed(prompt_ids):
+            entry = await self.history(prompt_id)
+            if entry is None:
+                continue
+            try:
+                return history_outcome(prompt_id, entry)
+            except ComfyUIError:  # it failed or was interrupted: nothing to reuse
+                continue
+        return None
+
     # --- Running a prompt
 
     async def run(
@@ -377,8 +402,9 @@ class ComfyUIClient:
         on_progress: ProgressCallback | None = None,
         cancel: asyncio.Event | None = None,
         timeout: float | None = None,
+        prompt_id: str | None = None,
     ) -> PromptResult:
-        """Submit the graph and follow it to its end.
+        """Submit the graph (as `prompt_id`, else a fresh id) and follow it to its end.
 
         Follows the websocket (opened before submitting, so that ComfyUI routes the prompt's
         events to it) and falls back to polling `/history` when the socket cannot be opened or
@@ -393,7 +419,7 @@ class ComfyUIClient:
             if cancel is not None and cancel.is_set():
                 raise ExecutionCancelled("cancelled before the prompt was submitted")
             # Our own prompt id: known even if the answer to POST /prompt never arrives.
-            prompt_id = await self.submit(workflow, client_id, prompt_id=str(uuid4()))
+            prompt_id = await self.submit(workflow, client_id, prompt_id=prompt_id or str(uuid4()))
             result = await self._wait(prompt_id, ws, progress, cancel, timeout)
         finally:
             if ws is not None:
@@ -474,13 +500,25 @@ class ComfyUIClient:
         return await self._poll(prompt_id)
 
     async def _watch(self, ws: ClientConnection, prompt_id: str, progress: ProgressTracker) -> None:
-        """Read events until the prompt's final `executing` (node null) or until the socket drops.
+        """Read events until the prompt's final `executing` (node null), until the socket drops,
+        or until a silence of `ws_silence` seconds finds the prompt over (finished, or gone).
 
         Raises on `execution_error` and `execution_interrupted`.
         """
         while True:
             try:
-                frame = await ws.recv()
+                frame = await asyncio.wait_for(ws.recv(), self.ws_silence)
+            except TimeoutError:
+                # Sockets can stay open and go quiet (a proxy, a ComfyUI bug): ask the history.
+                if await self._over(prompt_id):
+                    logger.warning(
+                        "websocket to %s silent for %gs while prompt %s ended; reading /history",
+                        self.base_url,
+                        self.ws_silence,
+                        prompt_id,
+                    )
+                    return
+                continue
             except ConnectionClosed as exc:
                 logger.warning(
                     "websocket to %s closed while prompt %s ran (%s); polling /history instead",
@@ -513,6 +551,12 @@ class ComfyUIClient:
                 raise execution_failed(prompt_id, data)
             elif kind == "execution_interrupted":
                 raise interrupted(prompt_id, data)
+
+    async def _over(self, prompt_id: str) -> bool:
+        """Whether the prompt has a history entry or is no longer queued (`_poll` then tells)."""
+        if await self.history(prompt_id) is not None:
+            return True
+        return prompt_id not in await self.queued_prompt_ids()
 
     async def _poll(self, prompt_id: str) -> PromptResult:
         """Poll `/history` until the prompt has an entry (`{}` means not finished)."""

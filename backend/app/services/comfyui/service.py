@@ -6,7 +6,7 @@ import logging
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Self
-from uuid import UUID
+from uuid import UUID, uuid5
 
 from PIL import Image
 
@@ -18,6 +18,12 @@ from app.services.comfyui.models import ComfyUIHealth, ProgressCallback, Restore
 from app.workflows import NodeInputs, WorkflowError, build_workflow, output_node
 
 logger = logging.getLogger(__name__)
+
+
+def attempt_prompt_id(job_id: UUID, attempt: int) -> str:
+    """The prompt id of one attempt at a job: known to every later attempt, which can then stop
+    or reuse it (a worker that died leaves its prompt on ComfyUI)."""
+    return str(uuid5(job_id, f"attempt-{attempt}"))
 
 
 def _image_size(data: bytes, prompt_id: str) -> tuple[int, int]:
@@ -65,6 +71,7 @@ class ComfyUIService:
             request_timeout=settings.comfyui_request_timeout_seconds,
             poll_interval=settings.comfyui_poll_interval_seconds,
             spec_recheck_interval=settings.comfyui_spec_recheck_seconds,
+            ws_silence=settings.comfyui_ws_silence_seconds,
         )
         return cls(
             client,
@@ -105,9 +112,11 @@ class ComfyUIService:
 
         The output prefix is unique per job and attempt: ComfyUI answers an identical graph with
         its cached, earlier output. The service's `timeout` bounds the run from submission to the
-        end of execution.
+        end of execution. One effect per job: earlier attempts' prompts still queued or running are
+        stopped, and one that finished well is used instead of running the graph again.
         """
         client = self.client
+        earlier = [attempt_prompt_id(job_id, n) for n in range(1, attempt)]
         if (timings := timing.current()) is not None:
             timings.attempt = attempt
         with timing.stage(timing.COMFYUI_UPLOAD):
@@ -126,12 +135,20 @@ class ComfyUIService:
             save_node = output_node(graph)
         except WorkflowError as exc:
             raise WorkflowRejected(f"workflow {workflow.value} is unusable: {exc}") from exc
-        with timing.stage(timing.COMFYUI_VALIDATE):
-            await client.validate(graph)
-        with timing.stage(timing.COMFYUI_EXECUTION):
-            result = await client.run(
-                graph, on_progress=on_progress, cancel=cancel, timeout=self.timeout
-            )
+        result = await client.settle(earlier)
+        if result is None or not result.outputs.get(save_node):
+            with timing.stage(timing.COMFYUI_VALIDATE):
+                await client.validate(graph)
+            with timing.stage(timing.COMFYUI_EXECUTION):
+                result = await client.run(
+                    graph,
+                    on_progress=on_progress,
+                    cancel=cancel,
+                    timeout=self.timeout,
+                    prompt_id=attempt_prompt_id(job_id, attempt),
+                )
+        else:
+            logger.info("job %s attempt %s reuses prompt %s", job_id, attempt, result.prompt_id)
         images = result.outputs.get(save_node)
         if not images:
             raise ExecutionFailed(

@@ -3,12 +3,19 @@
 Every transition is a compare-and-set (see `RestorationJobRepository`), so a redelivered or duplicate
 message never reprocesses a finished job or moves one backwards. While it works, the task renews its
 lease on the job; a failed renewal means the job was cancelled (or taken over), and the run stops.
+
+A message never ends while its job may still need it: a job held by another attempt's live lease is
+checked again once that lease can have expired, and a job not yet visible (a message faster than
+the API's commit) is looked for again during a grace period. Transient failures retry within a time
+budget (`TASK_RETRY_BUDGET_SECONDS`), not a count. The reaper (`app.workers.recovery`) catches what
+messages alone cannot: jobs whose messages were lost.
 """
 
 import asyncio
 import contextlib
 import logging
 import random
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -22,15 +29,16 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from app.core.config import Settings, WorkflowName, get_settings
 from app.core.db import session_scope
 from app.core.timing import job_timings
-from app.models import RestorationJob
+from app.models import JobStatus, RestorationJob
 from app.models.base import utcnow
 from app.repositories.restoration import RestorationJobRepository
 from app.services import s3
 from app.services.comfyui import ComfyUIError, ExecutionCancelled
-from app.workers import runtime
+from app.workers import recovery, runtime
 from app.workers.celery_app import celery_app
 from app.workers.context import ContextFactory, WorkerContext, worker_context
 from app.workers.queue import RESTORE_TASK
+from app.workers.recovery import REAP_TASK
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +50,10 @@ class Result(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
-    SKIPPED = "skipped"  # not ours to run: finished, cancelled, or held by a live worker
+    SKIPPED = "skipped"  # not ours to run: finished or cancelled
     RETRY = "retry"
+    HELD = "held"  # another attempt's lease is live: look again once it can have expired
+    MISSING = "missing"  # no such job (yet): the API's commit may not have landed
 
 
 class JobDatabaseError(Exception):
@@ -67,6 +77,8 @@ class Outcome:
     attempt: int | None = None
     retry_in: float | None = None
     message: str | None = None
+    # When the current run of transient failures began (time.time()): the budget counts from it.
+    retrying_since: float | None = None
 
 
 def backoff_seconds(attempt: int, settings: Settings) -> float:
@@ -109,23 +121,46 @@ async def _keep_lease(
             return
 
 
+def waiting_message(error: Exception, attempt: int, delay: float) -> str:
+    """What the job shows while it waits for a transient failure to pass."""
+    if isinstance(error, ComfyUIError):
+        what = "waiting for ComfyUI"
+    elif isinstance(error, s3.StorageError):
+        what = "waiting for storage"
+    else:
+        what = f"Attempt {attempt} failed"
+    return f"{what}: {error} (attempt {attempt}; trying again in {delay:.0f} s)"
+
+
 async def _finish(
-    ctx: WorkerContext, job: RestorationJob, attempt: int, error: Exception
+    ctx: WorkerContext,
+    job: RestorationJob,
+    attempt: int,
+    error: Exception,
+    retrying_since: float | None = None,
 ) -> Outcome:
-    """Record a failed attempt: retry transient errors while attempts remain, else FAILED."""
+    """Record a failed attempt: retry transient errors within the time budget, else FAILED."""
     transient = bool(getattr(error, "transient", False))
+    now = time.time()
+    since = retrying_since if retrying_since is not None else now
     async with session_scope(ctx.session_factory) as session:
         jobs = RestorationJobRepository(session)
-        if transient and attempt <= ctx.settings.task_max_retries:
-            delay = backoff_seconds(attempt, ctx.settings)
-            message = f"Attempt {attempt} failed: {error}. Retrying in {delay:.0f} s."
+        delay = backoff_seconds(attempt, ctx.settings)
+        if transient and now - since + delay <= ctx.settings.task_retry_budget_seconds:
+            message = waiting_message(error, attempt, delay)
             held = await jobs.release_for_retry(job.id, attempt, message)
             await session.commit()
             if held:
                 logger.warning("job %s: %s", job.id, message)
-                return Outcome(Result.RETRY, attempt, retry_in=delay, message=message)
+                return Outcome(
+                    Result.RETRY, attempt, retry_in=delay, message=message, retrying_since=since
+                )
             return Outcome(Result.CANCELLED, attempt)
-        message = f"Gave up after {attempt} attempts: {error}" if transient else str(error)
+        message = (
+            f"Gave up after {attempt} attempts in {now - since:.0f} s: {error}"
+            if transient
+            else str(error)
+        )
         failed = await jobs.fail(job.id, attempt, message)
         await session.commit()
     if failed is None:
@@ -135,30 +170,55 @@ async def _finish(
 
 
 async def process_job(
-    ctx: WorkerContext, job_id: uuid.UUID, *, held_attempt: int | None = None
+    ctx: WorkerContext,
+    job_id: uuid.UUID,
+    *,
+    held_attempt: int | None = None,
+    retrying_since: float | None = None,
 ) -> Outcome:
     """One attempt at one job. Database errors propagate as `JobDatabaseError`: the task retries them."""
     settings = ctx.settings
+    lease = timedelta(seconds=settings.task_lease_seconds)
     try:
         async with session_scope(ctx.session_factory) as session:
-            job = await RestorationJobRepository(session).claim(
-                job_id,
-                lease_expired_before=utcnow() - timedelta(seconds=settings.task_lease_seconds),
-                held_attempt=held_attempt,
+            jobs = RestorationJobRepository(session)
+            job = await jobs.claim(
+                job_id, lease_expired_before=utcnow() - lease, held_attempt=held_attempt
             )
             await session.commit()
+            if job is None:
+                unclaimed = await jobs.get(job_id)
     except DBAPIError as error:
         raise JobDatabaseError(f"claiming job {job_id}: {error.orig}", held_attempt) from error
     if job is None:
-        logger.info("job %s is not claimable (finished, cancelled or held); skipping", job_id)
-        return Outcome(Result.SKIPPED)
+        return _not_claimed(job_id, unclaimed, lease)
     try:
-        return await _run_attempt(ctx, job)
+        return await _run_attempt(ctx, job, retrying_since)
     except DBAPIError as error:
         raise JobDatabaseError(f"running job {job_id}: {error.orig}", job.attempts) from error
 
 
-async def _run_attempt(ctx: WorkerContext, job: RestorationJob) -> Outcome:
+def _not_claimed(job_id: uuid.UUID, job: RestorationJob | None, lease: timedelta) -> Outcome:
+    """Why the claim failed: no such job (yet), a live lease, or a finished job."""
+    if job is None:
+        logger.info("job %s not found (yet)", job_id)
+        return Outcome(Result.MISSING)
+    if job.status is JobStatus.PROCESSING and job.heartbeat_at is not None:
+        # Its holder may have died a moment ago (a redelivery after a pool process was killed):
+        # look again once the lease can have expired, rather than drop the message.
+        remaining = (job.heartbeat_at + lease - utcnow()).total_seconds()
+        retry_in = max(remaining, 0.0) + 1.0
+        logger.info(
+            "job %s is held by attempt %d; checking again in %.0f s", job_id, job.attempts, retry_in
+        )
+        return Outcome(Result.HELD, job.attempts, retry_in=retry_in)
+    logger.info("job %s is %s; nothing to do", job_id, job.status.value)
+    return Outcome(Result.SKIPPED)
+
+
+async def _run_attempt(
+    ctx: WorkerContext, job: RestorationJob, retrying_since: float | None = None
+) -> Outcome:
     settings = ctx.settings
     attempt = job.attempts
     progress, stop = _Progress(), asyncio.Event()
@@ -192,7 +252,7 @@ async def _run_attempt(ctx: WorkerContext, job: RestorationJob) -> Outcome:
             return await _finish(ctx, job, attempt, error)
         return Outcome(Result.CANCELLED, attempt)
     except (ComfyUIError, s3.StorageError) as error:
-        return await _finish(ctx, job, attempt, error)
+        return await _finish(ctx, job, attempt, error, retrying_since)
     except SoftTimeLimitExceeded:
         limit = settings.task_soft_time_limit_seconds
         return await _finish(
@@ -218,10 +278,17 @@ async def _run_attempt(ctx: WorkerContext, job: RestorationJob) -> Outcome:
     return Outcome(Result.COMPLETED, attempt)
 
 
-async def run_job(settings: Settings, job_id: uuid.UUID, held_attempt: int | None) -> Outcome:
+async def run_job(
+    settings: Settings,
+    job_id: uuid.UUID,
+    held_attempt: int | None,
+    retrying_since: float | None = None,
+) -> Outcome:
     with job_timings(job_id):  # logs the run's stage timings
         async with context_factory(settings) as ctx:
-            return await process_job(ctx, job_id, held_attempt=held_attempt)
+            return await process_job(
+                ctx, job_id, held_attempt=held_attempt, retrying_since=retrying_since
+            )
 
 
 async def fail_overdue_job(settings: Settings, job_id: uuid.UUID, message: str) -> None:
@@ -231,20 +298,30 @@ async def fail_overdue_job(settings: Settings, job_id: uuid.UUID, message: str) 
 
 
 @celery_app.task(bind=True, name=RESTORE_TASK, max_retries=None)
-def restore_image(self: Task[Any, str], job_id: str, held_attempt: int | None = None) -> str:
+def restore_image(
+    self: Task[Any, str],
+    job_id: str,
+    held_attempt: int | None = None,
+    retrying_since: float | None = None,
+    missing_since: float | None = None,
+) -> str:
     settings = get_settings()
     job_uuid = uuid.UUID(job_id)
+    now = time.time()
     try:
-        outcome = runtime.run(run_job(settings, job_uuid, held_attempt))
+        outcome = runtime.run(run_job(settings, job_uuid, held_attempt, retrying_since))
     except JobDatabaseError as error:
         # The database is away: try again later, holding on to our lease if we had one.
-        if self.request.retries >= settings.task_max_retries:
+        since = retrying_since if retrying_since is not None else now
+        delay = backoff_seconds(self.request.retries + 1, settings)
+        if now - since + delay > settings.task_retry_budget_seconds:
             logger.error("job %s: database unavailable, giving up: %s", job_id, error)
             raise
-        delay = backoff_seconds(self.request.retries + 1, settings)
         logger.warning("job %s: database unavailable, retrying in %.0f s", job_id, delay)
         raise self.retry(
-            countdown=delay, exc=error, kwargs={"held_attempt": error.attempt}
+            countdown=delay,
+            exc=error,
+            kwargs={"held_attempt": error.attempt, "retrying_since": since},
         ) from error
     except SoftTimeLimitExceeded:
         # Celery raises this from a signal handler, so it can surface outside process_job (in the
@@ -255,5 +332,26 @@ def restore_image(self: Task[Any, str], job_id: str, held_attempt: int | None = 
         return Result.FAILED.value
     if outcome.result is Result.RETRY:
         assert outcome.retry_in is not None
-        raise self.retry(countdown=outcome.retry_in, kwargs={"held_attempt": outcome.attempt})
+        raise self.retry(
+            countdown=outcome.retry_in,
+            kwargs={"held_attempt": outcome.attempt, "retrying_since": outcome.retrying_since},
+        )
+    if outcome.result is Result.HELD:
+        assert outcome.retry_in is not None
+        raise self.retry(countdown=outcome.retry_in, kwargs={"retrying_since": retrying_since})
+    if outcome.result is Result.MISSING:
+        since = missing_since if missing_since is not None else now
+        if now - since < settings.task_missing_job_grace_seconds:
+            delay = min(0.5 * 2.0**self.request.retries, 5.0)
+            raise self.retry(countdown=delay, kwargs={"missing_since": since})
+        logger.warning(
+            "job %s: still not found after %.0f s; dropping the message", job_id, now - since
+        )
     return outcome.result.value
+
+
+@celery_app.task(name=REAP_TASK, ignore_result=True)
+def reap_stranded_jobs() -> int:
+    """One sweep of `app.workers.recovery`, asked for by every worker's timer."""
+    settings = get_settings()
+    return len(asyncio.run(recovery.sweep(settings, recovery.celery_sender(celery_app, settings))))

@@ -152,6 +152,25 @@ async def test_websocket_drops_mid_run_and_the_run_still_completes(comfy):
     assert history[prompt_id]["status"]["status_str"] == "success"
 
 
+async def test_silent_websocket_stays_open_and_the_run_still_completes(comfy):
+    await add_fault(comfy, kind="silent_websocket", after=2, count=1)
+    async with comfy.listen("me") as listener:
+        prompt_id = (await comfy.submit(small(), "me")).json()["prompt_id"]
+        for _ in range(200):
+            history = (await comfy.get(f"/history/{prompt_id}")).json()
+            if history:
+                break
+            await asyncio.sleep(0.02)
+        assert history[prompt_id]["status"]["status_str"] == "success"
+        await asyncio.sleep(0.2)  # time for any message still in the pipe to arrive
+        assert not listener.closed.is_set()
+        run_messages = listener.types()[listener.types().index("execution_start") :]
+        assert run_messages == ["execution_start", "execution_cached"]
+    async with comfy.listen("me") as listener:  # a new socket under the id hears the next run
+        prompt_id = (await comfy.submit(small("f/next"), "me")).json()["prompt_id"]
+        await listener.wait_done(prompt_id)
+
+
 async def test_hang_until_interrupted(comfy):
     await add_fault(comfy, kind="hang", node="3")
     async with comfy.listen("me") as listener:

@@ -26,6 +26,13 @@ from tests.integration.harness.services.helpers import (
 )
 
 
+def default_sigint() -> None:
+    """In the inner run, before it execs: Ctrl-C must act on it whatever this run inherited. A
+    background job of a non-interactive shell, or `nohup`, starts with SIGINT ignored, and Python
+    keeps an ignored SIGINT ignored (no KeyboardInterrupt), so the inner run would never stop."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture
 def provider(request: pytest.FixtureRequest) -> str:
     """The provider this (outer) run uses; the inner runs use the same, as CI selects it."""
@@ -101,6 +108,7 @@ def start_inner(
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=default_sigint,
             )
         run = InnerRun(process, out, log)
         inner_runs.append(run)

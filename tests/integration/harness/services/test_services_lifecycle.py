@@ -3,9 +3,11 @@ after a pass, a Ctrl-C or a kill, and a provider that can't start is an error.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
+from collections.abc import Iterator
 
 import pytest
 
@@ -46,9 +48,29 @@ def test_each_service_serves_in_every_worker(start_inner, provider: str, workers
         assert_nothing_left(run, provider)
 
 
-@pytest.mark.parametrize("target", ["process-group", "controller-only"])
-def test_ctrl_c_stops_everything(start_inner, owning_provider: str, target: str) -> None:
-    run = start_inner("scenario_blocked.py", "-n", "2", "--dist", "each")
+@contextlib.contextmanager
+def sigint_ignored() -> Iterator[None]:
+    """As under `nohup` or in a background job of a CI script: children inherit SIGINT ignored."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.parametrize(
+    ("target", "inherited"),
+    [
+        ("process-group", "default"),
+        ("controller-only", "default"),
+        ("process-group", "ignored"),
+    ],
+)
+def test_ctrl_c_stops_everything(
+    start_inner, owning_provider: str, target: str, inherited: str
+) -> None:
+    with sigint_ignored() if inherited == "ignored" else contextlib.nullcontext():
+        run = start_inner("scenario_blocked.py", "-n", "2", "--dist", "each")
     run.wait_for_ready(2)
     assert servers(owning_provider, run.run_id, run.state_dir) == ONE_OF_EACH
     run.kill(signal.SIGINT, group=target == "process-group")

@@ -31,6 +31,7 @@ from app.services.comfyui import (
     ExecutionFailed,
     OutputImage,
     WorkflowRejected,
+    attempt_prompt_id,
 )
 from app.workflows import WorkflowError
 from fixtures.comfyui.specs import DATA_DIR
@@ -633,6 +634,9 @@ def serve_job(
     image = {"filename": "a2_00001_.png", "subfolder": f"restored/{job_id}", "type": "output"}
     entry[RUN1_ID]["outputs"] = {"6": {"images": [image]}} if outputs is None else outputs
     router.get(f"/history/{RUN1_ID}").respond(200, json=entry)
+    # Earlier attempts' prompts: unknown to this host unless a test says otherwise.
+    router.get(path__startswith="/history/", name="earlier_history").respond(200, json={})
+    router.get("/queue").respond(200, json={"queue_running": [], "queue_pending": []})
     view = router.get("/view").respond(200, content=result)
     return Job(job_id, upload, submit, view)
 
@@ -662,7 +666,9 @@ async def test_restore_runs_the_job_and_returns_the_image(
     assert b'filename="input.png"' in uploaded
     assert f'name="subfolder"\r\n\r\njobs/{job.id}\r\n'.encode() in uploaded
     assert b'name="overwrite"\r\n\r\ntrue\r\n' in uploaded
-    graph = json.loads(job.submit.calls.last.request.content)["prompt"]
+    submitted = json.loads(job.submit.calls.last.request.content)
+    assert submitted["prompt_id"] == attempt_prompt_id(job.id, 2)  # ours, per attempt
+    graph = submitted["prompt"]
     # The name ComfyUI returned, not the one we asked for.
     assert graph["1"]["inputs"]["image"] == f"jobs/{job.id}/input (1).png"
     # Unique per job and attempt: ComfyUI would answer an identical graph from its cache.
@@ -815,6 +821,78 @@ async def test_restore_times_out(comfy: respx.MockRouter, ws: FakeComfyWS, base:
 
 
 @pytest.mark.anyio
+async def test_a_new_attempt_stops_the_prompt_an_earlier_attempt_left_running(
+    comfy: respx.MockRouter, ws: FakeComfyWS, service: ComfyUIService
+) -> None:
+    """A worker died mid-prompt; the next attempt must not leave that prompt to run on too."""
+    job = serve_job(comfy, ws, result=make_image(size=(64, 48)))
+    dead = attempt_prompt_id(job.id, 1)
+    queued = {"queue_running": [[0, dead, {}, {}, ["6"]]], "queue_pending": []}
+    comfy.get("/queue").respond(200, json=queued)
+    stops: list[tuple[str, Any]] = []
+    record_stops(comfy, stops)
+
+    restored = await service.restore(
+        job_id=job.id, attempt=2, image=b"x", extension="png", workflow=WorkflowName.CORE
+    )
+
+    assert stops == [("queue", {"delete": [dead]}), ("interrupt", {"prompt_id": dead})]
+    assert restored.prompt_id == RUN1_ID
+    assert job.submit.call_count == 1
+    assert json.loads(job.submit.calls.last.request.content)["prompt_id"] == attempt_prompt_id(
+        job.id, 2
+    )
+
+
+@pytest.mark.anyio
+async def test_a_new_attempt_reuses_an_earlier_attempts_finished_prompt(
+    comfy: respx.MockRouter, ws: FakeComfyWS, service: ComfyUIService
+) -> None:
+    """The prompt finished after its worker died: its output is the job's, nothing runs twice."""
+    job = serve_job(comfy, ws, result=make_image(size=(64, 48)))
+    finished = attempt_prompt_id(job.id, 2)
+    entry = copy.deepcopy(HISTORY_RUN1[RUN1_ID])
+    image = {"filename": "a2_00001_.png", "subfolder": f"restored/{job.id}", "type": "output"}
+    entry["outputs"] = {"6": {"images": [image]}}
+    history = comfy.routes["earlier_history"].mock(
+        side_effect=lambda request: httpx.Response(
+            200, json={finished: entry} if request.url.path.endswith(finished) else {}
+        )
+    )
+
+    restored = await service.restore(
+        job_id=job.id, attempt=3, image=b"x", extension="png", workflow=WorkflowName.CORE
+    )
+
+    # Latest first: attempt 2's prompt is the one found.
+    assert [call.request.url.path for call in history.calls] == [f"/history/{finished}"]
+    assert job.submit.call_count == 0
+    assert (restored.prompt_id, restored.width, restored.height) == (finished, 64, 48)
+    assert dict(job.view.calls.last.request.url.params)["filename"] == "a2_00001_.png"
+
+
+@pytest.mark.anyio
+async def test_a_silent_websocket_ends_when_the_history_says_the_prompt_finished(
+    comfy: respx.MockRouter, ws: FakeComfyWS, base: str
+) -> None:
+    """The socket stays open and says nothing more; the prompt finishes on ComfyUI meanwhile."""
+    ws.script = RUN1[:6]  # then silence, the socket held open
+    accept_prompt(comfy, ws)
+    history = comfy.get(f"/history/{RUN1_ID}").mock(
+        side_effect=[httpx.Response(200, json={}), httpx.Response(200, json=HISTORY_RUN1)]
+        + [httpx.Response(200, json=HISTORY_RUN1)] * 5
+    )
+    queue = comfy.get("/queue").respond(200, json={"queue_running": [[0, RUN1_ID]]})
+
+    async with ComfyUIClient(base, poll_interval=0.01, ws_silence=0.05) as client:
+        result = await client.run(GRAPH, timeout=10)
+
+    assert result.outputs["6"][0].filename == "probe_00001_.png"
+    assert history.call_count == 3  # silent once (not finished), silent again (finished), result
+    assert queue.call_count == 1
+
+
+@pytest.mark.anyio
 async def test_service_health(comfy: respx.MockRouter, service: ComfyUIService) -> None:
     comfy.get("/system_stats").respond(200, json=recorded("get_system_stats.json")["body"])
 
@@ -830,6 +908,7 @@ async def test_service_from_settings() -> None:
         comfyui_request_timeout_seconds=7,
         comfyui_job_timeout_seconds=99,
         comfyui_poll_interval_seconds=0.5,
+        comfyui_ws_silence_seconds=4,
         comfyui_scale=3.0,
         comfyui_upscale_model="other_x4.pth",
     )
@@ -842,3 +921,4 @@ async def test_service_from_settings() -> None:
             7,
             0.5,
         )
+        assert client.ws_silence == 4
