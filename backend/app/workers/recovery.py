@@ -90,8 +90,13 @@ def celery_sender(celery: Celery, settings: Settings, queue: str | None = None) 
         celery.send_task(
             RESTORE_TASK,
             args=[str(job_id)],
-            task_id=str(job_id),
+            # A task id of its own: Celery remembers the id of an expired message as revoked,
+            # and would then drop every later message with that id (the job's own id).
+            task_id=f"{job_id}.recovery.{uuid.uuid4().hex[:12]}",
             queue=queue,
+            # Behind a long backlog, a PENDING job is swept again each period: an older copy that
+            # is still waiting expires unrun, so copies never pile up.
+            expires=settings.reaper_pending_after_seconds,
             retry=True,
             retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.5},
         )

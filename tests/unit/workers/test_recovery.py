@@ -17,6 +17,7 @@ from app.workers.celery_app import create_celery_app
 from app.workers.recovery import (
     REAP_TASK,
     RecoveryStep,
+    celery_sender,
     reap_once,
     recovery_queue,
     request_sweep,
@@ -194,3 +195,24 @@ def test_a_sweep_request_the_broker_refuses_is_only_logged(
     celery.send_task = refused  # type: ignore[method-assign]
     request_sweep(celery, settings)
     assert "could not request a sweep: ConnectionRefusedError: broker down" in caplog.text
+
+
+def test_recovery_messages_expire_so_copies_never_pile_up(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    celery = create_celery_app(settings)
+    sent: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+    monkeypatch.setattr(celery, "send_task", lambda *a, **k: sent.append((a, k)))
+    job_id = uuid.uuid4()
+
+    celery_sender(celery, settings)(job_id)
+
+    [(args, kwargs)] = sent
+    assert args == ("restoration.restore_image",)
+    assert kwargs["args"] == [str(job_id)]
+    assert kwargs["queue"] == recovery_queue(settings)
+    assert kwargs["expires"] == settings.reaper_pending_after_seconds
+    # Its own id, the job's as a prefix: an expired copy is remembered as revoked by its id.
+    assert kwargs["task_id"].startswith(f"{job_id}.recovery.")
+    celery_sender(celery, settings)(job_id)
+    assert sent[1][1]["task_id"] != kwargs["task_id"]
