@@ -86,7 +86,7 @@ def test_migrate_creates_the_schema_at_head(db_path: Path) -> None:
     finally:
         engine.dispose()
     assert tables == {"alembic_version", "users", "api_tokens", "restoration_jobs"}
-    assert alembic_version(db_path) == "0001"
+    assert alembic_version(db_path) == "0002"  # the newest migration
     assert cli.main(["migrate"]) == 0  # again: nothing to do, no error
 
 
