@@ -13,7 +13,16 @@ nox.needs_version = ">=2024.4.15"
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.reuse_venv = "yes"
 nox.options.error_on_missing_interpreters = True
-nox.options.sessions = ["lint", "typecheck", "unit", "integration", "e2e", "fuzz", "coverage"]
+nox.options.sessions = [
+    "lint",
+    "typecheck",
+    "unit",
+    "integration",
+    "e2e",
+    "chaos",
+    "fuzz",
+    "coverage",
+]
 
 ROOT = Path(__file__).parent
 REPORTS = ROOT / "reports"
@@ -137,6 +146,16 @@ def e2e(session: nox.Session) -> None:
     API and worker subprocesses."""
     install(session, "e2e")
     run_tier(session, "e2e")
+
+
+@nox.session
+def chaos(session: nox.Session) -> None:
+    """Real faults under the stack as processes: killed workers and pool processes, frozen and
+    restarted services, a restarted or refusing ComfyUI stand-in, a silent websocket, the enqueue
+    race. One process (the tests stop shared services); prints the chaos table and writes it to
+    reports/chaos/chaos-<provider>.json."""
+    install(session, "integration")
+    run_tier(session, "chaos")
 
 
 @nox.session

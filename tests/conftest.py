@@ -8,7 +8,7 @@ import pytest
 # has it too. It starts nothing until a test requests one of its fixtures.
 pytest_plugins = ["fixtures.services.plugin"]
 
-TIERS = ("unit", "integration", "e2e", "gpu", "fuzz")
+TIERS = ("unit", "integration", "e2e", "chaos", "gpu", "fuzz")
 TESTS_ROOT = Path(__file__).parent
 
 

@@ -9,8 +9,10 @@ released for a retry whose message never came back, a PENDING job older than
 `SKIP LOCKED`, so workers sweep side by side without sending the same job twice. A job gets a
 second message at worst; the claim's compare-and-set lets only one of them run it.
 
-The messages go to `<CELERY_QUEUE>.recovery`, which every worker also consumes, so a recovered job
-does not wait behind a backlog of new ones. A job of a crashed worker runs again within its lease
+The messages for PROCESSING jobs go to `<CELERY_QUEUE>.recovery`, which every worker also
+consumes, so a job of a dead worker does not wait behind a backlog of new ones. A PENDING job goes
+back to the end of `<CELERY_QUEUE>`: it may only be waiting its turn in a long queue, and a batch of
+such jobs in the recovery queue would stand before the dead worker's jobs (and the sweeps). A job of a crashed worker runs again within its lease
 plus one sweep: less than 2 x `TASK_LEASE_SECONDS` while the interval is below the lease.
 """
 
@@ -21,10 +23,12 @@ from datetime import timedelta
 from typing import Any
 
 from celery import Celery, bootsteps
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.config import Settings, get_settings
 from app.core.db import create_engine, create_session_factory, session_scope
+from app.models import JobStatus, RestorationJob
 from app.models.base import utcnow
 from app.repositories.restoration import RestorationJobRepository
 from app.workers.queue import RESTORE_TASK
@@ -41,9 +45,13 @@ def recovery_queue(settings: Settings) -> str:
 
 
 async def reap_once(
-    settings: Settings, session_factory: async_sessionmaker[AsyncSession], send: Send
+    settings: Settings,
+    session_factory: async_sessionmaker[AsyncSession],
+    send: Send,
+    send_pending: Send | None = None,
 ) -> list[uuid.UUID]:
-    """One sweep: find stranded jobs, send a message for each, then commit the marks."""
+    """One sweep: find stranded jobs, send a message for each, then commit the marks.
+    PENDING jobs go through `send_pending` where given (see the module's docstring)."""
     now = utcnow()
     lease = timedelta(seconds=settings.task_lease_seconds)
     async with session_scope(session_factory) as session:
@@ -55,16 +63,28 @@ async def reap_once(
             - timedelta(seconds=settings.task_retry_backoff_max_seconds),
             pending_before=now - timedelta(seconds=settings.reaper_pending_after_seconds),
         )
+        pending: set[uuid.UUID] = set()
+        if ids and send_pending is not None:
+            found = await session.scalars(
+                select(RestorationJob.id).where(
+                    RestorationJob.id.in_(ids), RestorationJob.status == JobStatus.PENDING
+                )
+            )
+            pending = set(found.all())
         for job_id in ids:  # before the commit: a failed send leaves the job to the next sweep
-            send(job_id)
+            if send_pending is not None and job_id in pending:
+                send_pending(job_id)
+            else:
+                send(job_id)
         await session.commit()
     if ids:
         logger.warning("re-enqueued %d stranded job(s): %s", len(ids), ", ".join(map(str, ids)))
     return ids
 
 
-def celery_sender(celery: Celery, settings: Settings) -> Send:
-    queue = recovery_queue(settings)
+def celery_sender(celery: Celery, settings: Settings, queue: str | None = None) -> Send:
+    """Sends to `queue`, by default the recovery queue."""
+    queue = queue or recovery_queue(settings)
 
     def send(job_id: uuid.UUID) -> None:
         celery.send_task(
@@ -126,10 +146,12 @@ def request_sweep(celery: Celery, settings: Settings) -> None:
         logger.warning("could not request a sweep: %s: %s", type(error).__name__, error)
 
 
-async def sweep(settings: Settings, send: Send) -> list[uuid.UUID]:
+async def sweep(
+    settings: Settings, send: Send, send_pending: Send | None = None
+) -> list[uuid.UUID]:
     """One sweep with an engine of its own (the task runs it in a fresh event loop)."""
     engine = create_engine(settings, pooled=False)
     try:
-        return await reap_once(settings, create_session_factory(engine), send)
+        return await reap_once(settings, create_session_factory(engine), send, send_pending)
     finally:
         await engine.dispose()

@@ -3,6 +3,7 @@ reaper. A job whose message is gone is found and run; a message faster than the 
 its job visible waits for it instead of dropping the job."""
 
 import asyncio
+import logging
 import threading
 import uuid
 from collections.abc import Callable
@@ -145,6 +146,9 @@ async def test_a_worker_faster_than_the_commit_waits_for_the_job(
 ) -> None:
     """The enqueue race: the message reaches a worker while the job's INSERT is not committed."""
     from app.workers.celery_app import celery_app
+
+    # The early look is an INFO record: seen whether or not an earlier test set up logging.
+    caplog.set_level(logging.INFO, logger="app.workers")
 
     job_id = str(uuid.uuid4())
     with psycopg.connect(clean_services.database_dsn) as connection:

@@ -96,6 +96,28 @@ async def test_the_sweep_sends_stranded_jobs_and_only_those(
     assert await reap_once(sweep_settings, session_factory, sent.append) == []
 
 
+async def test_pending_jobs_go_back_to_their_queue_not_ahead_of_a_dead_workers(
+    sweep_settings: Settings, session_factory: async_sessionmaker[AsyncSession], alice: Account
+) -> None:
+    """A PENDING job may only be waiting its turn: in the recovery queue, a batch of them would
+    stand before the jobs of a worker that died (seen in the chaos tier)."""
+    ago = lambda seconds: utcnow() - timedelta(seconds=seconds)  # noqa: E731
+    dead = await add(
+        session_factory,
+        alice,
+        updated=ago(21),
+        status=JobStatus.PROCESSING,
+        heartbeat_at=ago(21),
+    )
+    waiting = await add(session_factory, alice, updated=ago(121))
+    recovery: list[uuid.UUID] = []
+    queue: list[uuid.UUID] = []
+
+    await reap_once(sweep_settings, session_factory, recovery.append, queue.append)
+
+    assert (recovery, queue) == ([dead], [waiting])
+
+
 async def test_a_failed_send_leaves_the_job_to_the_next_sweep(
     sweep_settings: Settings, session_factory: async_sessionmaker[AsyncSession], alice: Account
 ) -> None:

@@ -354,4 +354,6 @@ def restore_image(
 def reap_stranded_jobs() -> int:
     """One sweep of `app.workers.recovery`, asked for by every worker's timer."""
     settings = get_settings()
-    return len(asyncio.run(recovery.sweep(settings, recovery.celery_sender(celery_app, settings))))
+    recover = recovery.celery_sender(celery_app, settings)
+    requeue = recovery.celery_sender(celery_app, settings, settings.celery_queue)
+    return len(asyncio.run(recovery.sweep(settings, recover, requeue)))
