@@ -507,7 +507,11 @@ class ComfyUIClient:
         """
         while True:
             try:
-                frame = await asyncio.wait_for(ws.recv(), self.ws_silence)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel that
+                # lands as a frame arrives, and a cancelled job would then follow its prompt to
+                # the end instead of interrupting it.
+                async with asyncio.timeout(self.ws_silence):
+                    frame = await ws.recv()
             except TimeoutError:
                 # Sockets can stay open and go quiet (a proxy, a ComfyUI bug): ask the history.
                 if await self._over(prompt_id):
