@@ -136,7 +136,7 @@ def test_service_outage_during_a_batch(
         batch.outcome(
             f"{service} {'frozen' if how == 'freeze' else 'stopped'} {OUTAGE_S:g} s"
             + (" (proxy)" if how == "stop" and service in proxies else ""),
-            recovery_s=last - back_at,
+            recovery_s=max(0.0, last - back_at),  # 0: all done before it was back
             bound_s=drain_bound(jobs),
         )
     )
@@ -159,7 +159,7 @@ def test_standin_killed_and_restarted_mid_batch(
     row = chaos_row(
         batch.outcome(
             "ComfyUI stand-in killed, restarted",
-            recovery_s=last - back_at,
+            recovery_s=max(0.0, last - back_at),  # 0: all done before it was back
             bound_s=drain_bound(jobs),
         )
     )
