@@ -20,9 +20,24 @@ from psycopg.rows import dict_row
 from sqlalchemy.engine import make_url
 
 from app.core.config import Settings
+from fixtures.accounts import Account
+from fixtures.images import make_image
 from fixtures.services import WorkerServices
 
 TERMINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
+
+
+async def upload_png(client: httpx.AsyncClient, account: Account, data: bytes | None = None) -> str:
+    """POST a PNG (a small generated one unless `data`) as `account`; the id of the 202's job."""
+    image = make_image("PNG", (24, 16)) if data is None else data
+    response = await client.post(
+        "/api/v1/restorations",
+        files={"file": ("photo.png", image, "image/png")},
+        headers=account.headers,
+    )
+    assert response.status_code == 202, response.text
+    job_id: str = response.json()["id"]
+    return job_id
 
 
 async def wait_until(

@@ -13,6 +13,8 @@ from app.services.comfyui import ComfyUIHealth
 from fixtures.accounts import Account
 
 BUCKET = "unit-bucket"
+# Where the ComfyUI package's unit tests find a mocked ComfyUI (the `comfy` fixture).
+COMFYUI_BASE = "http://comfy.test:8188"
 
 
 @dataclass

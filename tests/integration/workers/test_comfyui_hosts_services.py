@@ -14,11 +14,9 @@ from app.core.config import Settings
 from fixtures import images
 from fixtures.accounts import Account
 from fixtures.comfyui.process import run_standin
-from tests.integration.helpers import JobsTable, StandIn, wait_until
+from tests.integration.helpers import JobsTable, StandIn, upload_png, wait_until
 
 pytestmark = pytest.mark.anyio
-
-URL = "/api/v1/restorations"
 
 
 def start_standin(stack: ExitStack, root: Path) -> StandIn:
@@ -50,15 +48,10 @@ def two_hosts(
 
 
 async def upload_all(client: httpx.AsyncClient, account: Account, count: int) -> list[str]:
-    ids = []
-    for seed in range(count):
-        data = images.make_image("PNG", (24, 16), seed=seed)
-        response = await client.post(
-            URL, files={"file": ("photo.png", data, "image/png")}, headers=account.headers
-        )
-        assert response.status_code == 202, response.text
-        ids.append(response.json()["id"])
-    return ids
+    return [
+        await upload_png(client, account, images.make_image("PNG", (24, 16), seed=seed))
+        for seed in range(count)
+    ]
 
 
 def ran_on(host: StandIn, jobs_table: JobsTable, ids: list[str]) -> list[str]:

@@ -29,23 +29,11 @@ from tests.integration.helpers import (
     object_keys,
     queued_messages,
     s3_client,
+    upload_png,
     wait_until,
 )
 
 pytestmark = pytest.mark.anyio
-
-URL = "/api/v1/restorations"
-
-
-async def upload(client: httpx.AsyncClient, account: Account) -> str:
-    response = await client.post(
-        URL,
-        files={"file": ("photo.png", images.make_image("PNG", (24, 16)), "image/png")},
-        headers=account.headers,
-    )
-    assert response.status_code == 202, response.text
-    job_id: str = response.json()["id"]
-    return job_id
 
 
 async def test_the_reaper_runs_the_job_of_a_worker_that_died_without_its_message(
@@ -60,7 +48,7 @@ async def test_the_reaper_runs_the_job_of_a_worker_that_died_without_its_message
 ) -> None:
     """A worker died mid-job and its message is gone (acknowledged, or lost with the broker):
     only the reaper can find the job, once its lease has expired."""
-    job_id = await upload(client, alice)
+    job_id = await upload_png(client, alice)
     with psycopg.connect(clean_services.database_dsn, autocommit=True) as connection:
         connection.execute(
             "UPDATE restoration_jobs SET status = 'PROCESSING', attempts = 1, "
@@ -96,7 +84,7 @@ async def test_sweeps_side_by_side_never_take_the_same_job(
     clean_services: WorkerServices,
 ) -> None:
     """Two reapers (two workers) sweep at once: `SKIP LOCKED` hands each stranded job to one."""
-    job_ids = [await upload(client, alice) for _ in range(4)]
+    job_ids = [await upload_png(client, alice) for _ in range(4)]
     with psycopg.connect(clean_services.database_dsn, autocommit=True) as connection:
         connection.execute(
             "UPDATE restoration_jobs SET updated_at = now() - interval '1 hour' WHERE id = ANY(%s)",
@@ -188,7 +176,7 @@ async def test_a_job_whose_websocket_goes_silent_completes_from_the_history(
     worker reads /history after COMFYUI_WS_SILENCE_SECONDS instead of waiting for the job timeout."""
     standin.fault("silent_websocket", after=2, count=1)
 
-    job_id = await upload(client, alice)
+    job_id = await upload_png(client, alice)
     # Well inside the job timeout (COMFYUI_JOB_TIMEOUT_SECONDS), which would otherwise end it.
     row = await jobs_table.wait_until_finished(
         job_id, timeout=settings.comfyui_job_timeout_seconds / 2
@@ -208,7 +196,7 @@ async def test_the_prompt_of_a_dead_attempt_is_interrupted_and_the_job_has_one_r
 ) -> None:
     """Attempt 1's worker died with its prompt still running on ComfyUI (it hangs there): attempt
     2 interrupts it by its known id, runs its own, and stores exactly one result."""
-    job_id = await upload(client, alice)
+    job_id = await upload_png(client, alice)
     row = jobs_table.one(job_id)
     standin.fault("hang", node="SaveImage", count=1)
     dead = attempt_prompt_id(uuid.UUID(job_id), 1)

@@ -21,6 +21,7 @@ from tests.integration.helpers import (
     object_keys,
     queued_messages,
     s3_client,
+    upload_png,
     wait_until,
 )
 
@@ -28,15 +29,6 @@ pytestmark = pytest.mark.anyio
 
 URL = "/api/v1/restorations"
 SIZE = (40, 30)
-
-
-async def upload(client: httpx.AsyncClient, account: Account, data: bytes) -> str:
-    response = await client.post(
-        URL, files={"file": ("photo.png", data, "image/png")}, headers=account.headers
-    )
-    assert response.status_code == 202, response.text
-    job_id: str = response.json()["id"]
-    return job_id
 
 
 async def test_a_job_runs_from_upload_to_a_downloadable_result(
@@ -52,7 +44,7 @@ async def test_a_job_runs_from_upload_to_a_downloadable_result(
     standin.fault("slow", node="ImageSharpen", seconds=0.5)
     original = images.make_image("PNG", SIZE, seed=3)
 
-    job_id = await upload(client, alice, original)
+    job_id = await upload_png(client, alice, original)
     seen: list[str] = []
     with anyio.fail_after(20):
         while not seen or seen[-1] not in ("COMPLETED", "FAILED", "CANCELLED"):
@@ -118,7 +110,7 @@ async def test_progress_reaches_the_api_while_the_job_runs(
     """The worker's heartbeat writes ComfyUI's progress to the row; the API reports it."""
     standin.fault("slow", seconds=0.3)  # every node: six steps of progress
 
-    job_id = await upload(client, alice, images.make_image("PNG", SIZE))
+    job_id = await upload_png(client, alice, images.make_image("PNG", SIZE))
     progress: list[float] = []
     with anyio.fail_after(20):
         while True:
@@ -168,7 +160,7 @@ async def test_jobs_queued_while_no_worker_runs_wait_then_complete(
     status_log: StatusLog,
     settings: Settings,
 ) -> None:
-    job_ids = [await upload(client, alice, images.make_image(seed=n)) for n in range(3)]
+    job_ids = [await upload_png(client, alice, images.make_image(seed=n)) for n in range(3)]
     await anyio.sleep(0.2)
     assert [jobs_table.one(job_id)["status"] for job_id in job_ids] == ["PENDING"] * 3
     assert len(queued_messages(settings)) == 3
@@ -195,7 +187,7 @@ async def test_a_duplicate_message_does_not_run_a_finished_job_again(
     """A redelivered task finds the job COMPLETED (compare-and-set) and leaves it alone."""
     from app.workers.celery_app import celery_app
 
-    job_id = await upload(client, alice, images.make_image())
+    job_id = await upload_png(client, alice, images.make_image())
     done = await jobs_table.wait_until_finished(job_id)
     assert done["status"] == "COMPLETED"
 

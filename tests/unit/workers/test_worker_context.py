@@ -4,7 +4,6 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.config import Settings
 from app.services.comfyui import ComfyUIService
@@ -13,25 +12,6 @@ from app.workers import context as context_module
 from app.workers.context import worker_context
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def closed(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """Every ComfyUI service closed and every engine disposed, in order."""
-    events: list[Any] = []
-    real_aclose, real_dispose = ComfyUIService.aclose, AsyncEngine.dispose
-
-    async def aclose(self: ComfyUIService) -> None:
-        events.append(self)
-        await real_aclose(self)
-
-    async def dispose(self: AsyncEngine, *args: Any, **kwargs: Any) -> None:
-        events.append(self)
-        await real_dispose(self, *args, **kwargs)
-
-    monkeypatch.setattr(ComfyUIService, "aclose", aclose)
-    monkeypatch.setattr(AsyncEngine, "dispose", dispose)
-    return events
 
 
 async def test_builds_the_run_context_from_settings_and_closes_it(

@@ -15,7 +15,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
 
 from app.core.config import Settings
-from app.services.comfyui import ComfyUIService
 from app.services.s3 import S3Storage
 from app.workers import runtime
 from app.workers.context import WorkerContext, worker_context
@@ -27,25 +26,6 @@ def no_runtime() -> Iterator[None]:
     runtime.uninstall()
     yield
     runtime.uninstall()
-
-
-@pytest.fixture
-def closed(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """Every ComfyUI service closed and every engine disposed, in order."""
-    events: list[Any] = []
-    real_aclose, real_dispose = ComfyUIService.aclose, AsyncEngine.dispose
-
-    async def aclose(self: ComfyUIService) -> None:
-        events.append(self)
-        await real_aclose(self)
-
-    async def dispose(self: AsyncEngine, *args: Any, **kwargs: Any) -> None:
-        events.append(self)
-        await real_dispose(self, *args, **kwargs)
-
-    monkeypatch.setattr(ComfyUIService, "aclose", aclose)
-    monkeypatch.setattr(AsyncEngine, "dispose", dispose)
-    return events
 
 
 async def context_of_run(settings: Settings) -> tuple[WorkerContext, asyncio.AbstractEventLoop]:

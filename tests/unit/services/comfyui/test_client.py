@@ -5,7 +5,7 @@ ComfyUI's answers are the ones recorded from a real 0.3.64 (`fixtures/comfyui/da
 
 import copy
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import unquote
 
@@ -23,8 +23,7 @@ from app.services.comfyui import (
 )
 from app.workflows import build_workflow
 from fixtures.comfyui.specs import DATA_DIR
-
-BASE = "http://comfy.test:8188"
+from tests.unit.helpers import COMFYUI_BASE as BASE
 
 
 def recorded(name: str) -> Any:
@@ -35,17 +34,6 @@ def recorded(name: str) -> Any:
 
 OBJECT_INFO: dict[str, Any] = recorded("object_info_image_nodes.json")
 INVALID: dict[str, Any] = recorded("prompt_invalid.json")
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def comfy() -> Iterator[respx.MockRouter]:
-    with respx.mock(base_url=BASE, assert_all_called=False) as router:
-        yield router
 
 
 @pytest.fixture

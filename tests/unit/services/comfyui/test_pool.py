@@ -19,11 +19,6 @@ from app.services.comfyui.pool import ComfyUIPool, comfyui_from_settings
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class FakeClient:
     def __init__(self, url: str) -> None:
         self.base_url = url

@@ -61,11 +61,6 @@ SECOND_INTERRUPTED = "9453d141-b4c6-42b8-add0-6da6ff012bd5"
 GRAPH = HISTORY_RUN1[RUN1_ID]["prompt"][2]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @dataclass
 class FakeComfyWS:
     """ComfyUI's `/ws` endpoint: sends `script` to each client, then holds or drops the socket."""

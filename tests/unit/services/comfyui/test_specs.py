@@ -2,7 +2,7 @@
 
 import copy
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import unquote
 
@@ -15,23 +15,12 @@ from app.services.comfyui import ComfyUIClient, WorkflowRejected
 from app.services.comfyui.validation import node_classes
 from app.workflows import build_workflow
 from fixtures.comfyui.specs import DATA_DIR
+from tests.unit.helpers import COMFYUI_BASE as BASE
 
-BASE = "http://comfy.test:8188"
 OBJECT_INFO: dict[str, Any] = json.loads((DATA_DIR / "object_info_image_nodes.json").read_text())
 CORE_CLASSES = 6  # distinct node classes of the core workflow
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def comfy() -> Iterator[respx.MockRouter]:
-    with respx.mock(base_url=BASE, assert_all_called=False) as router:
-        yield router
 
 
 @pytest.fixture
