@@ -27,7 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.config import Settings, get_settings
-from app.core.db import create_engine, create_session_factory, session_scope
+from app.core.db import session_scope
 from app.models import JobStatus, RestorationJob
 from app.models.base import utcnow
 from app.repositories.restoration import RestorationJobRepository
@@ -144,14 +144,3 @@ def request_sweep(celery: Celery, settings: Settings) -> None:
         )
     except Exception as error:  # the broker is away: the next tick tries again
         logger.warning("could not request a sweep: %s: %s", type(error).__name__, error)
-
-
-async def sweep(
-    settings: Settings, send: Send, send_pending: Send | None = None
-) -> list[uuid.UUID]:
-    """One sweep with an engine of its own (the task runs it in a fresh event loop)."""
-    engine = create_engine(settings, pooled=False)
-    try:
-        return await reap_once(settings, create_session_factory(engine), send, send_pending)
-    finally:
-        await engine.dispose()

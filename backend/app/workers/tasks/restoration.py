@@ -356,4 +356,13 @@ def reap_stranded_jobs() -> int:
     settings = get_settings()
     recover = recovery.celery_sender(celery_app, settings)
     requeue = recovery.celery_sender(celery_app, settings, settings.celery_queue)
-    return len(asyncio.run(recovery.sweep(settings, recover, requeue)))
+    return len(runtime.run(sweep_stranded_jobs(settings, recover, requeue)))
+
+
+async def sweep_stranded_jobs(
+    settings: Settings, recover: recovery.Send, requeue: recovery.Send
+) -> list[uuid.UUID]:
+    # On the process's pooled context, like a job: a sweep every few seconds on every worker
+    # would otherwise build an engine and an event loop each time.
+    async with context_factory(settings) as ctx:
+        return await recovery.reap_once(settings, ctx.session_factory, recover, requeue)
