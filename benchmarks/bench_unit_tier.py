@@ -31,7 +31,7 @@ PYTEST = ["-m", "pytest", "tests/unit", "-q", "-n", "auto", "-p", "no:cacheprovi
 def run(command: list[str], env: dict[str, str]) -> dict[str, Any]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    result = subprocess.run(
+    result = subprocess.run(  # noqa: S603 - our own interpreter and pytest arguments
         [sys.executable, *command],
         cwd=REPO_ROOT,
         capture_output=True,

@@ -131,7 +131,9 @@ async def connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
             connection.info["has_schema"] = True
         transaction = await connection.begin()
         yield connection
-        await cancel_tasks_started_since(before)  # before the rollback: they may hold the connection
+        await cancel_tasks_started_since(
+            before
+        )  # before the rollback: they may hold the connection
         try:
             await transaction.rollback()
         except DBAPIError as exc:
