@@ -4,8 +4,8 @@ SQLite in memory (each test inside a transaction that is rolled back), S3 throug
 mock, the Celery enqueue replaced by a recorder, ComfyUI replaced at its interface.
 
 What costs time is built once per xdist worker (the event loop, the schema, the settings, moto's
-client) and reset per test the cheap way: the transaction rolls back, the bucket is emptied in
-moto's own store. Building them per test cost more than the tests themselves (issue 10).
+client) and reset per test the cheap way: the transaction rolls back, and the bucket is made
+and dropped in moto's own store. Building them per test cost more than the tests themselves (issue 10).
 """
 
 import asyncio
@@ -52,9 +52,9 @@ def anyio_backend() -> str:
 
 
 async def cancel_tasks_started_since(before: set[asyncio.Task[Any]]) -> None:
-    """One event loop serves the whole worker (for the engine below), so what a test leaves
-    running (a readiness check past its deadline, say) is cancelled at the test's end, as it was
-    when each test had a loop of its own."""
+    """One event loop serves the whole worker (for the engine below). What a test that uses the
+    database leaves running (a readiness check past its deadline, say) would reach the next
+    test's connection: it is cancelled at the test's end, as when each test had its own loop."""
     leftover = {
         task
         for task in asyncio.all_tasks() - before
@@ -131,9 +131,8 @@ async def connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
             connection.info["has_schema"] = True
         transaction = await connection.begin()
         yield connection
-        await cancel_tasks_started_since(
-            before
-        )  # before the rollback: they may hold the connection
+        # Before the rollback: those tasks may still be using the connection.
+        await cancel_tasks_started_since(before)
         try:
             await transaction.rollback()
         except DBAPIError as exc:
