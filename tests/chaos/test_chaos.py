@@ -6,7 +6,6 @@ import time
 import uuid
 from collections.abc import Callable
 
-import boto3
 import pytest
 from celery import Celery
 from sqlalchemy import create_engine, select
@@ -221,13 +220,7 @@ def test_enqueue_race_worker_before_the_commit(
     faster than the API's commit; the job must still run once the row lands."""
     jobs = 3
     env = whole.app_env
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=env["S3_ENDPOINT_URL"],
-        aws_access_key_id=env["S3_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["S3_SECRET_ACCESS_KEY"],
-        region_name=env["S3_REGION"],
-    )
+    s3 = chaos.s3_client(whole)
     engine = create_engine(services.database_url)
     broker = Celery(broker=services.redis_url)
     try:

@@ -4,7 +4,7 @@ The fixtures that hand them out are in conftest.py."""
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 from app.core.config import Settings
 from fixtures.accounts import Account
 from fixtures.images import make_image
+from fixtures.netproxy import TcpProxy
 from fixtures.services import WorkerServices
 
 TERMINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
@@ -209,28 +210,52 @@ class StandIn:
         self.http.close()
 
 
-def database_url_via(settings: Settings, port: int) -> str:
-    return (
-        make_url(settings.database_url)
-        .set(host="127.0.0.1", port=port)
-        .render_as_string(hide_password=False)
-    )
+# --- a dependency of the app (database, broker, storage) behind a TCP proxy
+
+StartProxy = Callable[[str, int], TcpProxy]
+# Nothing that goes through a failed proxy may take long: a hang fails the test, not the run.
+HANG_SECONDS = 60.0
 
 
-def redis_url_via(services: WorkerServices, port: int) -> str:
-    return f"redis://127.0.0.1:{port}/{services.redis_db}"
-
-
-def s3_endpoint_via(port: int) -> str:
-    return f"http://127.0.0.1:{port}"
-
-
-def endpoint_of(url: str) -> tuple[str, int]:
-    """(host, port) of a service URL."""
+def dependency_endpoint(settings: Settings, name: str) -> tuple[str, int]:
+    """(host, port) of the app's "database", "broker" or "storage"."""
+    url = {
+        "database": settings.database_url,
+        "broker": settings.redis_url,
+        "storage": settings.s3_endpoint_url or "",
+    }[name]
     parts = urlsplit(url)
     assert parts.hostname is not None, url
     assert parts.port is not None, url
     return parts.hostname, parts.port
+
+
+def proxy_dependency(
+    settings: Settings, services: WorkerServices, name: str, start_proxy: StartProxy
+) -> tuple[TcpProxy, Settings]:
+    """A started proxy in front of the app's `name`, and `settings` that reach it through it."""
+    proxy = start_proxy(*dependency_endpoint(settings, name))
+    local = f"127.0.0.1:{proxy.port}"
+    update = {
+        "database": {
+            "database_url": make_url(settings.database_url)
+            .set(host="127.0.0.1", port=proxy.port)
+            .render_as_string(hide_password=False)
+        },
+        "broker": {"redis_url": f"redis://{local}/{services.redis_db}"},
+        "storage": {"s3_endpoint_url": f"http://{local}"},
+    }[name]
+    return proxy, settings.model_copy(update=update)
+
+
+async def timed(request: Awaitable[httpx.Response], what: str) -> tuple[httpx.Response, float]:
+    """The answer and how long it took; a hang fails the test after HANG_SECONDS (shown with -s)."""
+    started = time.monotonic()
+    with anyio.fail_after(HANG_SECONDS):
+        response = await request
+    elapsed = time.monotonic() - started
+    print(f"\n{what}: {response.status_code} after {elapsed:.2f} s")
+    return response, elapsed
 
 
 ApiClient = Callable[[Settings], AbstractAsyncContextManager[httpx.AsyncClient]]

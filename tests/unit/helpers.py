@@ -2,14 +2,17 @@
 
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.config import WorkflowName
 from app.core.security import generate_token, hash_token
 from app.models import RestorationJob
 from app.repositories.users import UserRepository
 from app.services.comfyui import ComfyUIHealth
+from app.workflows import build_workflow
 from fixtures.accounts import Account
 
 BUCKET = "unit-bucket"
@@ -68,3 +71,14 @@ def upload(
 
 async def count_jobs(session: AsyncSession) -> int:
     return await session.scalar(select(func.count()).select_from(RestorationJob)) or 0
+
+
+def core_graph() -> dict[str, dict[str, Any]]:
+    """The shipped core workflow with a per-job upload, which LoadImage's option list never holds."""
+    return build_workflow(
+        WorkflowName.CORE,
+        image="jobs/abc/input.png",
+        output_prefix="restored/abc/a1",
+        scale=2.0,
+        upscale_model="unused.pth",
+    )

@@ -1,10 +1,6 @@
 """/readyz against the real dependencies: each one really failed through a TCP proxy (or a closed
 port for ComfyUI) is reported by name, with 503 for the required ones."""
 
-import time
-from collections.abc import Callable
-
-import anyio
 import httpx
 import pytest
 
@@ -12,18 +8,9 @@ from app.core.config import Settings
 from fixtures.net import free_port
 from fixtures.netproxy import TcpProxy
 from fixtures.services import WorkerServices
-from tests.integration.helpers import (
-    ApiClient,
-    database_url_via,
-    endpoint_of,
-    redis_url_via,
-    s3_endpoint_via,
-)
+from tests.integration.helpers import ApiClient, StartProxy, proxy_dependency, timed
 
 pytestmark = pytest.mark.anyio
-
-StartProxy = Callable[[str, int], TcpProxy]
-HANG_SECONDS = 60.0
 
 
 async def test_ready_when_every_dependency_answers(client: httpx.AsyncClient) -> None:
@@ -39,23 +26,6 @@ async def test_ready_when_every_dependency_answers(client: httpx.AsyncClient) ->
     assert (await client.get("/healthz")).json() == {"status": "ok"}
 
 
-def via_proxy(settings: Settings, services: WorkerServices, name: str, port: int) -> Settings:
-    if name == "database":
-        return settings.model_copy(update={"database_url": database_url_via(settings, port)})
-    if name == "broker":
-        return settings.model_copy(update={"redis_url": redis_url_via(services, port)})
-    return settings.model_copy(update={"s3_endpoint_url": s3_endpoint_via(port)})
-
-
-def target(settings: Settings, name: str) -> tuple[str, int]:
-    url = {
-        "database": settings.database_url,
-        "broker": settings.redis_url,
-        "storage": settings.s3_endpoint_url or "",
-    }[name]
-    return endpoint_of(url)
-
-
 @pytest.mark.parametrize("name", ["database", "broker", "storage"])
 async def test_a_dependency_that_is_cut_makes_the_api_unready(
     name: str,
@@ -64,16 +34,12 @@ async def test_a_dependency_that_is_cut_makes_the_api_unready(
     api_client: ApiClient,
     tcp_proxy: StartProxy,
 ) -> None:
-    proxy = tcp_proxy(*target(settings, name))
-    async with api_client(via_proxy(settings, services, name, proxy.port)) as client:
+    proxy, app_settings = proxy_dependency(settings, services, name, tcp_proxy)
+    async with api_client(app_settings) as client:
         assert (await client.get("/readyz")).status_code == 200
 
         proxy.cut()
-        started = time.monotonic()
-        with anyio.fail_after(HANG_SECONDS):
-            response = await client.get("/readyz")
-        elapsed = time.monotonic() - started
-        print(f"\nreadyz with {name} cut: {response.status_code} after {elapsed:.2f} s")
+        response, elapsed = await timed(client.get("/readyz"), f"readyz with {name} cut")
 
         assert response.status_code == 503, response.text
         body = response.json()
@@ -93,17 +59,13 @@ async def test_a_paused_database_makes_the_api_unready(
 ) -> None:
     """The check's own 3 s limit fires and the answer goes out then. psycopg goes on cancelling the
     query on the server that does not answer (up to 10 s) in the background, abandoned."""
-    proxy = tcp_proxy(*target(settings, "database"))
-    async with api_client(via_proxy(settings, services, "database", proxy.port)) as client:
+    proxy, app_settings = proxy_dependency(settings, services, "database", tcp_proxy)
+    async with api_client(app_settings) as client:
         assert (await client.get("/readyz")).status_code == 200
 
         proxy.blackhole()
-        started = time.monotonic()
-        with anyio.fail_after(HANG_SECONDS):
-            response = await client.get("/readyz")
-        elapsed = time.monotonic() - started
-        print(
-            f"\nreadyz with the database blackholed: {response.status_code} after {elapsed:.2f} s"
+        response, elapsed = await timed(
+            client.get("/readyz"), "readyz with the database blackholed"
         )
 
     assert response.status_code == 503
@@ -117,20 +79,16 @@ async def test_readiness_answers_within_its_limit_with_every_dependency_paused(
     """Postgres, Redis and S3 all accept connections and never answer: /readyz still answers
     after its own limit, naming each of them."""
     names = ("database", "broker", "storage")
-    proxies = {name: tcp_proxy(*target(settings, name)) for name in names}
+    proxies: dict[str, TcpProxy] = {}
     app_settings = settings
-    for name, proxy in proxies.items():
-        app_settings = via_proxy(app_settings, services, name, proxy.port)
+    for name in names:
+        proxies[name], app_settings = proxy_dependency(app_settings, services, name, tcp_proxy)
     async with api_client(app_settings) as client:
         assert (await client.get("/readyz")).status_code == 200
 
         for proxy in proxies.values():
             proxy.blackhole()
-        started = time.monotonic()
-        with anyio.fail_after(HANG_SECONDS):
-            response = await client.get("/readyz")
-        elapsed = time.monotonic() - started
-        print(f"\nreadyz with everything blackholed: {response.status_code} after {elapsed:.2f} s")
+        response, elapsed = await timed(client.get("/readyz"), "readyz with everything blackholed")
         for proxy in proxies.values():
             proxy.restore()
 

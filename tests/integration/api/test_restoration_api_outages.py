@@ -3,27 +3,22 @@ the real Postgres, Redis or S3 (`fixtures.netproxy`), cut (connections reset, as
 server) or blackholed (connections accepted, never answered, as by a paused one). The shared
 services themselves are never stopped: other xdist workers use them."""
 
-import time
-from collections.abc import Awaitable, Callable
-
 import anyio
-import httpx
 import pytest
 
 from app.core.config import Settings
 from fixtures import images
 from fixtures.accounts import Account
-from fixtures.netproxy import TcpProxy
 from fixtures.services import WorkerServices
 from tests.integration.helpers import (
+    HANG_SECONDS,
     ApiClient,
     JobsTable,
-    database_url_via,
-    endpoint_of,
+    StartProxy,
     object_keys,
+    proxy_dependency,
     queued_messages,
-    redis_url_via,
-    s3_endpoint_via,
+    timed,
 )
 
 pytestmark = pytest.mark.anyio
@@ -31,20 +26,6 @@ pytestmark = pytest.mark.anyio
 URL = "/api/v1/restorations"
 # Generous: the point is "answers, and soon", not a benchmark; the figures are printed (-s).
 QUICK_SECONDS = 10.0
-# Nothing here may take long: a hang fails the test instead of the run.
-HANG_SECONDS = 60.0
-
-StartProxy = Callable[[str, int], TcpProxy]
-
-
-async def timed(request: Awaitable[httpx.Response], what: str) -> tuple[httpx.Response, float]:
-    """The answer and how long it took; a hang fails the test after HANG_SECONDS (shown with -s)."""
-    started = time.monotonic()
-    with anyio.fail_after(HANG_SECONDS):
-        response = await request
-    elapsed = time.monotonic() - started
-    print(f"\n{what}: {response.status_code} after {elapsed:.2f} s")
-    return response, elapsed
 
 
 def upload() -> dict:
@@ -55,6 +36,7 @@ def upload() -> dict:
 async def test_database_loss_answers_503_quickly(
     failure: str,
     settings: Settings,
+    services: WorkerServices,
     alice: Account,
     api_client: ApiClient,
     tcp_proxy: StartProxy,
@@ -62,10 +44,7 @@ async def test_database_loss_answers_503_quickly(
     """A pooled connection to a server that stopped answering: the app's per-operation deadline
     (`DATABASE_OPERATION_TIMEOUT_SECONDS`) ends the pre-ping, the reconnect ends at
     `connect_timeout`; a reset connection fails at once."""
-    proxy = tcp_proxy(*endpoint_of(settings.database_url))
-    app_settings = settings.model_copy(
-        update={"database_url": database_url_via(settings, proxy.port)}
-    )
+    proxy, app_settings = proxy_dependency(settings, services, "database", tcp_proxy)
     async with api_client(app_settings) as client:
         assert (await client.get(URL, headers=alice.headers)).status_code == 200  # pooled now
 
@@ -91,16 +70,14 @@ async def test_database_loss_answers_503_quickly(
 async def test_database_loss_during_an_upload_leaves_no_original_behind(
     failure: str,
     settings: Settings,
+    services: WorkerServices,
     alice: Account,
     api_client: ApiClient,
     tcp_proxy: StartProxy,
     jobs_table: JobsTable,
 ) -> None:
     """The token is checked, then the database goes: the original already in S3 is removed."""
-    proxy = tcp_proxy(*endpoint_of(settings.database_url))
-    app_settings = settings.model_copy(
-        update={"database_url": database_url_via(settings, proxy.port)}
-    )
+    proxy, app_settings = proxy_dependency(settings, services, "database", tcp_proxy)
     async with api_client(app_settings) as client:
         assert (await client.get(URL, headers=alice.headers)).status_code == 200
 
@@ -130,14 +107,13 @@ async def test_database_loss_during_an_upload_leaves_no_original_behind(
 
 async def test_storage_failure_at_upload_answers_503_and_leaves_no_job(
     settings: Settings,
+    services: WorkerServices,
     alice: Account,
     api_client: ApiClient,
     tcp_proxy: StartProxy,
     jobs_table: JobsTable,
 ) -> None:
-    assert settings.s3_endpoint_url is not None
-    proxy = tcp_proxy(*endpoint_of(settings.s3_endpoint_url))
-    app_settings = settings.model_copy(update={"s3_endpoint_url": s3_endpoint_via(proxy.port)})
+    proxy, app_settings = proxy_dependency(settings, services, "storage", tcp_proxy)
     async with api_client(app_settings) as client:
         proxy.cut()
         response, elapsed = await timed(
@@ -158,6 +134,7 @@ async def test_storage_failure_at_upload_answers_503_and_leaves_no_job(
 
 async def test_paused_storage_at_upload_answers_503_within_the_operation_timeout(
     settings: Settings,
+    services: WorkerServices,
     alice: Account,
     api_client: ApiClient,
     tcp_proxy: StartProxy,
@@ -166,10 +143,11 @@ async def test_paused_storage_at_upload_answers_503_within_the_operation_timeout
     """S3 accepts the connection and never answers (a frozen server): botocore alone would wait
     its read timeout on each of its attempts (about two minutes); S3_OPERATION_TIMEOUT_SECONDS
     bounds the whole operation."""
-    assert settings.s3_endpoint_url is not None
-    proxy = tcp_proxy(*endpoint_of(settings.s3_endpoint_url))
-    app_settings = settings.model_copy(
-        update={"s3_endpoint_url": s3_endpoint_via(proxy.port), "s3_operation_timeout_seconds": 2}
+    proxy, app_settings = proxy_dependency(
+        settings.model_copy(update={"s3_operation_timeout_seconds": 2}),
+        services,
+        "storage",
+        tcp_proxy,
     )
     async with api_client(app_settings) as client:
         proxy.blackhole()
@@ -187,15 +165,14 @@ async def test_paused_storage_at_upload_answers_503_within_the_operation_timeout
 
 async def test_storage_failure_while_deleting_keeps_the_job(
     settings: Settings,
+    services: WorkerServices,
     alice: Account,
     api_client: ApiClient,
     tcp_proxy: StartProxy,
     jobs_table: JobsTable,
 ) -> None:
     """The row is deleted only if its objects are: otherwise nothing would name them any more."""
-    assert settings.s3_endpoint_url is not None
-    proxy = tcp_proxy(*endpoint_of(settings.s3_endpoint_url))
-    app_settings = settings.model_copy(update={"s3_endpoint_url": s3_endpoint_via(proxy.port)})
+    proxy, app_settings = proxy_dependency(settings, services, "storage", tcp_proxy)
     async with api_client(app_settings) as client:
         job_id = (await client.post(URL, files=upload(), headers=alice.headers)).json()["id"]
         jobs_table.connection.execute(
@@ -225,8 +202,7 @@ async def test_broker_down_at_enqueue_fails_the_job_and_answers_503(
     tcp_proxy: StartProxy,
     jobs_table: JobsTable,
 ) -> None:
-    proxy = tcp_proxy(*endpoint_of(settings.redis_url))
-    app_settings = settings.model_copy(update={"redis_url": redis_url_via(services, proxy.port)})
+    proxy, app_settings = proxy_dependency(settings, services, "broker", tcp_proxy)
     async with api_client(app_settings) as client:
         proxy.cut()
         response, elapsed = await timed(

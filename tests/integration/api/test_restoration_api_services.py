@@ -173,11 +173,10 @@ async def test_the_same_idempotency_key_gives_the_same_job(
     )
 
 
-async def test_concurrent_requests_with_one_idempotency_key_make_one_job(
-    client: httpx.AsyncClient, alice: Account, jobs_table: JobsTable, settings: Settings
-) -> None:
-    """Both pass the first look-up; Postgres' unique constraint decides, the loser answers with
-    the winner's job and removes the original it had stored."""
+async def post_at_once(
+    client: httpx.AsyncClient, account: Account, key: str, *, seeds: list[int]
+) -> list[httpx.Response]:
+    """One upload per seed (the image's), all at once, all with Idempotency-Key `key`."""
     answers: list[httpx.Response] = []
 
     async def post(seed: int) -> None:
@@ -185,13 +184,22 @@ async def test_concurrent_requests_with_one_idempotency_key_make_one_job(
             await client.post(
                 URL,
                 files=upload(images.make_image(seed=seed)),
-                headers={**alice.headers, "Idempotency-Key": "same"},
+                headers={**account.headers, "Idempotency-Key": key},
             )
         )
 
     async with anyio.create_task_group() as group:
-        for _ in range(4):
-            group.start_soon(post, 0)
+        for seed in seeds:
+            group.start_soon(post, seed)
+    return answers
+
+
+async def test_concurrent_requests_with_one_idempotency_key_make_one_job(
+    client: httpx.AsyncClient, alice: Account, jobs_table: JobsTable, settings: Settings
+) -> None:
+    """Both pass the first look-up; Postgres' unique constraint decides, the loser answers with
+    the winner's job and removes the original it had stored."""
+    answers = await post_at_once(client, alice, "same", seeds=[0, 0, 0, 0])
 
     assert [answer.status_code for answer in answers] == [202] * 4
     assert len({answer.json()["id"] for answer in answers}) == 1
@@ -204,20 +212,7 @@ async def test_concurrent_different_requests_with_one_key_make_one_job_and_refus
     client: httpx.AsyncClient, alice: Account, jobs_table: JobsTable, settings: Settings
 ) -> None:
     """Losers of the unique-constraint race compare fingerprints too: another file is a 422."""
-    answers: list[httpx.Response] = []
-
-    async def post(seed: int) -> None:
-        answers.append(
-            await client.post(
-                URL,
-                files=upload(images.make_image(seed=seed)),
-                headers={**alice.headers, "Idempotency-Key": "raced"},
-            )
-        )
-
-    async with anyio.create_task_group() as group:
-        for seed in range(4):
-            group.start_soon(post, seed)
+    answers = await post_at_once(client, alice, "raced", seeds=[0, 1, 2, 3])
 
     statuses = sorted(answer.status_code for answer in answers)
     assert statuses == [202, 422, 422, 422], [answer.text for answer in answers]

@@ -49,13 +49,7 @@ async def test_the_reaper_runs_the_job_of_a_worker_that_died_without_its_message
     """A worker died mid-job and its message is gone (acknowledged, or lost with the broker):
     only the reaper can find the job, once its lease has expired."""
     job_id = await upload_png(client, alice)
-    with psycopg.connect(clean_services.database_dsn, autocommit=True) as connection:
-        connection.execute(
-            "UPDATE restoration_jobs SET status = 'PROCESSING', attempts = 1, "
-            "heartbeat_at = now() - interval '1 hour' WHERE id = %s",
-            [job_id],
-        )
-    purge_queue(settings)
+    strand_as_a_dead_workers(jobs_table, settings, job_id)
     assert queued_messages(settings) == []
 
     request.getfixturevalue("celery_worker")  # with its reaper
@@ -64,6 +58,17 @@ async def test_the_reaper_runs_the_job_of_a_worker_that_died_without_its_message
     assert row["status"] == "COMPLETED", row["error_message"]
     assert row["attempts"] == 2
     assert status_log.statuses(job_id)[-2:] == ["PROCESSING", "COMPLETED"]
+
+
+def strand_as_a_dead_workers(jobs_table: JobsTable, settings: Settings, job_id: str) -> None:
+    """The job as a worker that died on it an hour ago leaves it: PROCESSING in attempt 1, the
+    lease long expired, and no message left in the queue."""
+    jobs_table.connection.execute(
+        "UPDATE restoration_jobs SET status = 'PROCESSING', attempts = 1, "
+        "heartbeat_at = now() - interval '1 hour' WHERE id = %s",
+        [job_id],
+    )
+    purge_queue(settings)
 
 
 def purge_queue(settings: Settings) -> None:
@@ -213,13 +218,7 @@ async def test_the_prompt_of_a_dead_attempt_is_interrupted_and_the_job_has_one_r
         )
         await comfy.submit(graph, "dead-worker", prompt_id=dead)
     await wait_until(lambda: dead in standin.queued_ids(), what="the dead attempt's prompt")
-    with psycopg.connect(clean_services.database_dsn, autocommit=True) as connection:
-        connection.execute(
-            "UPDATE restoration_jobs SET status = 'PROCESSING', attempts = 1, "
-            "heartbeat_at = now() - interval '1 hour' WHERE id = %s",
-            [job_id],
-        )
-    purge_queue(settings)
+    strand_as_a_dead_workers(jobs_table, settings, job_id)
 
     request.getfixturevalue("celery_worker")
     done = await jobs_table.wait_until_finished(job_id)

@@ -24,6 +24,7 @@ from app.services.comfyui import (
 from app.workflows import build_workflow
 from fixtures.comfyui.specs import DATA_DIR
 from tests.unit.helpers import COMFYUI_BASE as BASE
+from tests.unit.helpers import core_graph
 
 
 def recorded(name: str) -> Any:
@@ -390,17 +391,6 @@ async def test_delete_from_queue(comfy: respx.MockRouter, client: ComfyUIClient)
 
 
 # --- Validation against /object_info
-
-
-def core_graph() -> dict[str, dict[str, Any]]:
-    """The shipped core workflow with a per-job upload, which LoadImage's option list never holds."""
-    return build_workflow(
-        WorkflowName.CORE,
-        image="jobs/abc/input.png",
-        output_prefix="restored/abc/a1",
-        scale=2.0,
-        upscale_model="unused.pth",
-    )
 
 
 async def rejection(client: ComfyUIClient, graph: dict[str, Any]) -> WorkflowRejected:

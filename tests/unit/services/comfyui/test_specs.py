@@ -16,6 +16,7 @@ from app.services.comfyui.validation import node_classes
 from app.workflows import build_workflow
 from fixtures.comfyui.specs import DATA_DIR
 from tests.unit.helpers import COMFYUI_BASE as BASE
+from tests.unit.helpers import core_graph
 
 OBJECT_INFO: dict[str, Any] = json.loads((DATA_DIR / "object_info_image_nodes.json").read_text())
 CORE_CLASSES = 6  # distinct node classes of the core workflow
@@ -49,16 +50,6 @@ class Host:
         router.get("/models/upscale_models").mock(
             side_effect=lambda request: httpx.Response(200, json=self.models)
         )
-
-
-def core_graph() -> dict[str, dict[str, Any]]:
-    return build_workflow(
-        WorkflowName.CORE,
-        image="jobs/abc/input.png",
-        output_prefix="restored/abc/a1",
-        scale=2.0,
-        upscale_model="unused.pth",
-    )
 
 
 async def test_specs_are_fetched_once_while_the_host_stays_the_same(
